@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +38,14 @@ def find_table(folder: Path, name: str) -> Path:
     return hits[0]
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
-
-
 def read_header(path: Path) -> list[str]:
     try:
-        with _open_text(path) as f:
-            line = f.readline()
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+            # decode the first line only: a bad byte further down is read_table's to report
+            line = f.readline().decode("utf-8-sig")  # a BOM is not part of the name
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: header line is not UTF-8 text: {e.reason}") from None
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read the header: {e}") from None
     if not line.strip():
         raise DataError(f"{path}: empty file (expected a CSV header line)")
@@ -83,9 +80,10 @@ def read_table(
     rename = {orig: low for low, orig in cols.items()}
     start = 2
     try:
+        # no `usecols`: with it pandas silently drops the extra fields of a row that has too
+        # many (a stray comma would shift values); columns are selected per chunk instead
         reader = pd.read_csv(
             path,
-            usecols=list(cols.values()),
             dtype=str,
             keep_default_na=False,
             na_filter=False,
@@ -94,7 +92,7 @@ def read_table(
             compression="gzip" if path.name.lower().endswith(".gz") else None,
         )
         for chunk in reader:
-            chunk = chunk.rename(columns=rename)
+            chunk = chunk[list(cols.values())].rename(columns=rename)
             chunk["line"] = range(start, start + len(chunk))
             start += len(chunk)
             yield chunk

@@ -1,0 +1,31 @@
+# Two entry points on a fresh machine: `make demo` (main job) and `make test` (the test suite).
+# Both create .venv and install what they need; torch is pinned first so that nothing else can
+# pull an unpinned (multi-GB CUDA) build.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[all]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/pocketrec data stats --source mimic4-demo
+	$(BIN)/pocketrec distill --source mimic4-demo --out runs/med --force
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
