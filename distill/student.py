@@ -1,0 +1,269 @@
+"""The LEADER(S)-style student: a small visit-sequence model over code ids, in one file.
+
+Inputs (see `distill.data.tensors`; B = batch, V = visit slots, right-aligned, current at V-1):
+
+    dx [B, V, Cd], px [B, V, Cp], med [B, V, Cm]   int64 code ids, 0 = pad
+    visit_mask [B, V]                              float, 1.0 where a visit exists
+    profile [B, P]                                 int64 "field=value" token ids, 0 = pad
+
+Model:
+
+1. one shared embedding table for the four token kinds (their vocabularies concatenated with
+   offsets); pads are masked out with a float mask computed from id == 0 before offsetting;
+2. per visit, each code set is a masked mean of its embeddings through a per-kind Linear + GELU;
+   the visit vector is Linear(concat(dx, px, med)) plus a learned embedding of the slot's
+   distance from the current visit (0 = current), so extra left padding changes nothing;
+3. a profile token (masked mean of profile embeddings -> Linear) is prepended to the visits; it
+   stands in for missing medication history (a first visit reads [profile, current visit]);
+4. `visit_layers` pre-norm self-attention blocks, written by hand with an additive -1e4 key mask
+   so the graph exports to ONNX with plain ops (no TransformerEncoder fast path, no EmbeddingBag,
+   no boolean indexing, no data-dependent Python control flow);
+5. features = Linear(concat(current visit output, profile token output)) -> `dim`: the vector
+   distilled towards the teacher (through `Projector`); logits = MLP head(features).
+
+`profile_embedding` and `medication_set_embedding` give the two sides of LEADER's profile
+alignment (an InfoNCE loss defined elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+FORMAT = "pocketrec-leader-student/1"
+MASK_VALUE = -1e4
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    n_diagnoses: int  # vocabulary sizes, <pad> and <unk> included
+    n_procedures: int
+    n_medications: int
+    n_profile: int
+    n_labels: int
+    dim: int = 64
+    heads: int = 4
+    visit_layers: int = 2
+    dropout: float = 0.1
+    teacher_dim: int = 384
+    max_visits: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("n_diagnoses", "n_procedures", "n_medications", "n_profile"):
+            _check_int(self, name, 2)  # at least <pad>, <unk>
+        for name in ("n_labels", "dim", "heads", "visit_layers", "teacher_dim", "max_visits"):
+            _check_int(self, name, 1)
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if isinstance(self.dropout, bool) or not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+
+    @classmethod
+    def from_vocabs(cls, vocabs, **kwargs) -> StudentConfig:
+        """Sizes from a `distill.data.tensors.MedVocabs`; other fields from `kwargs`."""
+        return cls(
+            n_diagnoses=len(vocabs.diagnoses),
+            n_procedures=len(vocabs.procedures),
+            n_medications=len(vocabs.medications),
+            n_profile=len(vocabs.profile),
+            n_labels=len(vocabs.labels),
+            **kwargs,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudentConfig:
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ValueError(f"unknown StudentConfig fields: {', '.join(extra)}")
+        return cls(**data)
+
+
+def _check_int(cfg: StudentConfig, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"StudentConfig.{name} must be an integer >= {low}; got {value!r}")
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x [..., N, D] over N where mask [..., N] is 1.0; all-pad sets give zeros."""
+    total = (x * mask.unsqueeze(-1)).sum(dim=-2)
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    return total / count
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        """x [B, T, D]; bias [B, 1, 1, T] additive (0 keep, -1e4 masked)."""
+        b, t, d = x.shape
+        hd = d // self.heads
+
+        def split(z: Tensor) -> Tensor:  # [B, T, D] -> [B, H, T, hd]
+            return z.reshape(b, t, self.heads, hd).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd)) + bias
+        weights = self.drop(torch.softmax(scores, dim=-1))
+        y = torch.matmul(weights, v).transpose(1, 2).reshape(b, t, d)
+        return self.out(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), bias))
+        return x + self.mlp(self.ln2(x))
+
+
+class LeaderStudent(nn.Module):
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        d = c.dim
+        # one table: [diagnoses | procedures | medications | profile]
+        self.dx_offset = 0
+        self.px_offset = c.n_diagnoses
+        self.med_offset = c.n_diagnoses + c.n_procedures
+        self.profile_offset = c.n_diagnoses + c.n_procedures + c.n_medications
+        self.embed = nn.Embedding(self.profile_offset + c.n_profile, d)
+        self.dx_set = nn.Sequential(nn.Linear(d, d), nn.GELU())
+        self.px_set = nn.Sequential(nn.Linear(d, d), nn.GELU())
+        self.med_set = nn.Sequential(nn.Linear(d, d), nn.GELU())
+        self.visit_proj = nn.Linear(3 * d, d)
+        self.slot_embed = nn.Embedding(c.max_visits, d)  # index = distance from current visit
+        self.profile_proj = nn.Linear(d, d)
+        self.med_align = nn.Linear(d, d)  # medication set -> profile space, for alignment
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList([Block(d, c.heads, c.dropout) for _ in range(c.visit_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.feature = nn.Linear(2 * d, d)
+        self.head = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, c.n_labels)
+        )
+
+    def _code_set(self, ids: Tensor, offset: int) -> Tensor:
+        """ids [..., N] -> masked mean of the shared embeddings [..., D]."""
+        mask = (ids != 0).to(self.embed.weight.dtype)  # before offsetting: pad is 0 of any kind
+        return masked_mean(self.embed(ids + offset), mask)
+
+    def profile_embedding(self, profile: Tensor) -> Tensor:
+        """The profile token [B, D] (before the visit encoder) from profile ids [B, P]."""
+        return self.profile_proj(self._code_set(profile, self.profile_offset))
+
+    def medication_set_embedding(self, med_ids: Tensor) -> Tensor:
+        """A medication set [B, M] (ids, 0-padded) -> [B, D], to align with the profile token."""
+        return self.med_align(self._code_set(med_ids, self.med_offset))
+
+    def forward(
+        self, dx: Tensor, px: Tensor, med: Tensor, visit_mask: Tensor, profile: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """-> (logits [B, n_labels], features [B, dim])."""
+        visits = torch.cat(
+            [
+                self.dx_set(self._code_set(dx, self.dx_offset)),
+                self.px_set(self._code_set(px, self.px_offset)),
+                self.med_set(self._code_set(med, self.med_offset)),
+            ],
+            dim=-1,
+        )  # [B, V, 3D]
+        n_visits = dx.shape[1]
+        distance = torch.arange(n_visits, device=dx.device).flip(0)
+        distance = distance.clamp(max=self.config.max_visits - 1)
+        x = self.visit_proj(visits) + self.slot_embed(distance)  # [B, V, D]
+        token = self.profile_embedding(profile).unsqueeze(1)  # [B, 1, D]
+        x = self.drop(torch.cat([token, x], dim=1))  # [B, 1 + V, D]
+
+        mask = visit_mask.to(x.dtype)
+        keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)  # profile always kept
+        bias = ((1.0 - keep) * MASK_VALUE)[:, None, None, :]  # [B, 1, 1, 1 + V]
+        for block in self.blocks:
+            x = block(x, bias)
+        x = self.ln_f(x)
+
+        features = self.feature(torch.cat([x[:, -1], x[:, 0]], dim=-1))
+        return self.head(features), features
+
+
+class Projector(nn.Module):
+    """Student features [.., dim] -> the teacher's hidden size (Linear, or a 2-layer MLP)."""
+
+    def __init__(self, dim: int, teacher_dim: int, mlp: bool = False) -> None:
+        super().__init__()
+        if mlp:
+            self.net = nn.Sequential(
+                nn.Linear(dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim)
+            )
+        else:
+            self.net = nn.Linear(dim, teacher_dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_student(model: LeaderStudent, config: StudentConfig, path: Path) -> None:
+    """One safetensors file: the state dict, with the config as JSON in its metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict(), sort_keys=True)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_student(path: Path) -> tuple[LeaderStudent, StudentConfig]:
+    """Rebuild the model from the file's config alone; returned in eval mode on the CPU."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file (format={metadata.get('format')!r})")
+    config = StudentConfig.from_dict(json.loads(metadata["config"]))
+    model = LeaderStudent(config)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model, config

@@ -1,0 +1,226 @@
+"""Tests for distill.student: shapes, persistence, padding invariance, learning, ONNX export."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from distill.data.tensors import INPUT_NAMES
+from distill.student import (
+    LeaderStudent,
+    Projector,
+    StudentConfig,
+    count_parameters,
+    load_student,
+    save_student,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: one intra-op thread is fastest and avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL = StudentConfig(
+    n_diagnoses=30,
+    n_procedures=12,
+    n_medications=20,
+    n_profile=9,
+    n_labels=18,
+    dim=32,
+    heads=4,
+    visit_layers=2,
+    teacher_dim=48,
+)
+
+
+def random_inputs(cfg: StudentConfig, b: int, v: int, seed: int = 0, cd=5, cp=3, cm=6, p=4):
+    """A batch with random codes (some 0 = pad), ragged visit counts, right-aligned."""
+    g = torch.Generator().manual_seed(seed)
+    dx = torch.randint(0, cfg.n_diagnoses, (b, v, cd), generator=g)
+    px = torch.randint(0, cfg.n_procedures, (b, v, cp), generator=g)
+    med = torch.randint(0, cfg.n_medications, (b, v, cm), generator=g)
+    profile = torch.randint(0, cfg.n_profile, (b, p), generator=g)
+    n_visits = torch.randint(1, v + 1, (b,), generator=g)
+    slots = torch.arange(v).expand(b, v)
+    visit_mask = (slots >= (v - n_visits)[:, None]).float()
+    keep = visit_mask[..., None].long()
+    dx, px, med = dx * keep, px * keep, med * keep
+    med[:, -1] = 0  # the current visit's drugs are the answer
+    dx[:, :, 0] = dx[:, :, 0].clamp(min=2) * keep[..., 0]  # every visit has a diagnosis
+    return dx, px, med, visit_mask, profile
+
+
+def test_config_validation_and_dict_round_trip():
+    assert StudentConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ValueError, match="divisible"):
+        StudentConfig(**{**SMALL.to_dict(), "dim": 30})
+    with pytest.raises(ValueError, match="n_labels"):
+        StudentConfig(**{**SMALL.to_dict(), "n_labels": 0})
+    with pytest.raises(ValueError, match="dropout"):
+        StudentConfig(**{**SMALL.to_dict(), "dropout": 1.0})
+    with pytest.raises(ValueError, match="unknown"):
+        StudentConfig.from_dict({**SMALL.to_dict(), "width": 3})
+
+
+def test_forward_shapes_and_side_embeddings():
+    torch.manual_seed(0)
+    model = LeaderStudent(SMALL).eval()
+    args = random_inputs(SMALL, b=5, v=7)
+    logits, features = model(*args)
+    assert logits.shape == (5, SMALL.n_labels) and features.shape == (5, SMALL.dim)
+    assert torch.isfinite(logits).all() and torch.isfinite(features).all()
+    assert model.profile_embedding(args[4]).shape == (5, SMALL.dim)
+    assert model.medication_set_embedding(args[2][:, 0]).shape == (5, SMALL.dim)
+    assert Projector(SMALL.dim, SMALL.teacher_dim)(features).shape == (5, SMALL.teacher_dim)
+    mlp = Projector(SMALL.dim, SMALL.teacher_dim, mlp=True)
+    assert mlp(features).shape == (5, SMALL.teacher_dim)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) > 0
+    # more visit slots than max_visits still run (distance embeddings are clamped)
+    logits, _ = model(*random_inputs(SMALL, b=2, v=SMALL.max_visits + 3))
+    assert logits.shape == (2, SMALL.n_labels)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(1)
+    model = LeaderStudent(SMALL).eval()
+    path = tmp_path / "out" / "student.safetensors"
+    save_student(model, SMALL, path)
+    loaded, cfg = load_student(path)
+    assert cfg == SMALL and not loaded.training
+    args = random_inputs(SMALL, b=4, v=6, seed=3)
+    with torch.no_grad():
+        for a, b in zip(model(*args), loaded(*args), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [p.name for p in path.parent.iterdir()] == ["student.safetensors"]
+
+
+def test_load_rejects_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "x.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="not a"):
+        load_student(path)
+
+
+def test_padding_invariance():
+    torch.manual_seed(2)
+    model = LeaderStudent(SMALL).eval()
+    dx, px, med, mask, profile = random_inputs(SMALL, b=4, v=5, seed=4)
+    b = dx.shape[0]
+
+    def pad(x: torch.Tensor, left_visits: int, right_codes: int) -> torch.Tensor:
+        x = F.pad(x, (0, right_codes)) if right_codes else x
+        return F.pad(x, (0, 0, left_visits, 0))  # new visit slots on the left (oldest side)
+
+    padded = (
+        pad(dx, 3, 2),
+        pad(px, 3, 4),
+        pad(med, 3, 1),
+        torch.cat([torch.zeros(b, 3), mask], dim=1),
+        F.pad(profile, (0, 3)),
+    )
+    assert padded[0].shape == (b, 8, 7)
+    with torch.no_grad():
+        base, padded_out = model(dx, px, med, mask, profile), model(*padded)
+    for a, c in zip(base, padded_out, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
+
+
+def test_the_current_visit_matters():
+    torch.manual_seed(3)
+    model = LeaderStudent(SMALL).eval()
+    dx, px, med, mask, profile = random_inputs(SMALL, b=3, v=4, seed=5)
+    changed = dx.clone()
+    changed[:, -1] = 0
+    changed[:, -1, :2] = torch.tensor([7, 11])
+    with torch.no_grad():
+        a, _ = model(dx, px, med, mask, profile)
+        b, _ = model(changed, px, med, mask, profile)
+    assert (a - b).abs().amax(dim=1).min() > 1e-4
+
+
+def test_learns_a_function_of_the_diagnoses():
+    """Label j is on when diagnosis 2 + j is in the current visit: the loss must fall a lot."""
+    torch.manual_seed(4)
+    cfg = StudentConfig(
+        n_diagnoses=10,
+        n_procedures=4,
+        n_medications=8,
+        n_profile=4,
+        n_labels=8,
+        dim=32,
+        heads=2,
+        visit_layers=1,
+        dropout=0.0,
+    )
+    dx, px, med, mask, profile = random_inputs(cfg, b=128, v=3, seed=6, cd=3)
+    current = dx[:, -1]
+    y = torch.zeros(128, cfg.n_labels)
+    for j in range(cfg.n_labels):
+        y[:, j] = (current == 2 + j).any(dim=1).float()
+    model = LeaderStudent(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(200):
+        logits, _ = model(dx, px, med, mask, profile)
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_torch(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from torch.export import Dim
+
+    torch.manual_seed(5)
+    model = LeaderStudent(SMALL).eval()
+    batch, visits = Dim("batch"), Dim("visits")
+    dynamic_shapes = (
+        {0: batch, 1: visits, 2: Dim("n_dx")},
+        {0: batch, 1: visits, 2: Dim("n_px")},
+        {0: batch, 1: visits, 2: Dim("n_med")},
+        {0: batch, 1: visits},
+        {0: batch, 1: Dim("n_profile")},
+    )
+    path = tmp_path / "student.onnx"
+    t0 = time.perf_counter()
+    torch.onnx.export(
+        model,
+        random_inputs(SMALL, b=3, v=4, seed=7),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=dynamic_shapes,
+        input_names=list(INPUT_NAMES),
+        output_names=["logits", "features"],
+    )
+    print(f"export took {time.perf_counter() - t0:.1f} s")
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == list(INPUT_NAMES)
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b, v, cd in ((2, 7, 9), (1, 12, 5)):
+        args = random_inputs(SMALL, b=b, v=v, seed=8, cd=cd)
+        got = session.run(
+            ["logits", "features"], {n: a.numpy() for n, a in zip(INPUT_NAMES, args, strict=True)}
+        )
+        with torch.no_grad():
+            want = model(*args)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == tuple(w.shape)
+            np.testing.assert_allclose(g, w.numpy(), rtol=0, atol=1e-4)
