@@ -36,6 +36,48 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from distill.config import DataConfig
+    from distill.data.tensors import TensorConfig
+    from distill.run import RunConfig, quick_config, run_distill
+    from distill.teacher import TeacherConfig
+    from distill.train import DistillConfig
+
+    if (args.source is None) == (args.path is None):
+        return _fail("distill: give exactly one of --source or --path")
+    if args.path is not None and args.format is None:
+        return _fail("distill: --path needs --format (mimic3, mimic4 or synthea)")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        return _fail(f"distill: {out} is not empty; pass --force to replace it")
+    teacher = TeacherConfig(backbone=args.teacher, lora=not args.full_finetune)
+    if args.teacher_epochs is not None:
+        teacher = replace(teacher, epochs=args.teacher_epochs)
+    if args.max_length is not None:
+        teacher = replace(teacher, max_length=args.max_length)
+    cfg = RunConfig(
+        data=DataConfig(
+            source=args.source,
+            path=str(args.path) if args.path else None,
+            fmt=args.format,
+            protocol=args.protocol,
+            folds=args.folds,
+            seed=args.seed,
+        ),
+        teacher=teacher,
+        tensors=TensorConfig(),
+        distill=DistillConfig(alpha=args.alpha, beta=args.beta, seed=args.seed),
+    )
+    if args.quick:
+        cfg = quick_config(cfg)
+    report = run_distill(out, cfg, force=args.force)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.json'}  total {report['wall_s']['total']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from distill.data import FORMATS, SOURCES
 
@@ -53,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--format", choices=FORMATS, help="format of the export at --path")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(func=cmd_data_stats)
+
+    ds = sub.add_parser(
+        "distill",
+        help="teacher -> features -> KD and no-KD students -> k-fold report (medication)",
+    )
+    ds.add_argument("--source", choices=sorted(SOURCES), help="an embedded demo source")
+    ds.add_argument("--path", type=Path, help="folder of your own export")
+    ds.add_argument("--format", choices=FORMATS, help="format of the export at --path")
+    ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
+    ds.add_argument("--teacher", default="minilm",
+                    help="minilm (embedded all-MiniLM-L6-v2), a local model folder or a hub id")
+    ds.add_argument("--protocol", default="all-visits", choices=["all-visits", "last-visit"])
+    ds.add_argument("--folds", type=int, default=5)
+    ds.add_argument("--seed", type=int, default=0, help="0 = the published split formula")
+    ds.add_argument("--alpha", type=float, default=1.0, help="weight of the feature-KD loss")
+    ds.add_argument("--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss")
+    ds.add_argument("--teacher-epochs", type=float, help="teacher fine-tuning epochs")
+    ds.add_argument("--max-length", type=int, help="teacher prompt budget in tokens")
+    ds.add_argument("--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA")
+    ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
+    ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ds.set_defaults(func=cmd_distill)
     return p
 
 

@@ -119,16 +119,24 @@ class _Parts:
             yield parts
 
 
-def _past_visits(history: Sequence[Visit], max_history: int, titles) -> tuple[_PastVisit, ...]:
+def _cap(items: tuple[str, ...], max_items: int | None) -> tuple[str, ...]:
+    if max_items is None or len(items) <= max_items:
+        return items
+    return (*items[:max_items], MORE)
+
+
+def _past_visits(
+    history: Sequence[Visit], max_history: int, titles, max_items: int | None = None
+) -> tuple[_PastVisit, ...]:
     n = len(history)
     first = max(0, n - max_history)
     return tuple(
         _PastVisit(
             number=i + 1,
             before=n - i,
-            diagnoses=_titles(v.diagnoses, titles),
-            procedures=_titles(v.procedures, titles),
-            drugs=_titles(v.medications, titles),
+            diagnoses=_cap(_titles(v.diagnoses, titles), max_items),
+            procedures=_cap(_titles(v.procedures, titles), max_items),
+            drugs=_cap(_titles(v.medications, titles), max_items),
         )
         for i, v in enumerate(history[first:], start=first)
     )
@@ -142,23 +150,28 @@ def build_prompt(
     profile: bool = True,
     count_tokens: Callable[[str], int] | None = None,
     max_tokens: int | None = None,
+    max_items: int | None = None,
 ) -> str:
     """The teacher's input text for one sample, ending with the fixed phrase `CLOSING`.
 
     `titles` adds code titles the shared tables lack (e.g. Synthea's SNOMED titles).
     `max_history` caps how many of the most recent earlier visits are written out.
+    `max_items` caps each list of a past visit (diagnoses keep their seq order, so the primary
+    ones stay), which lets more visits fit a small teacher's window.
     With `count_tokens` and `max_tokens` the prompt is shortened until it fits (see the module
     docstring for the order); if even the minimal prompt is too long, the minimal one is returned.
     """
     if max_history < 0:
         raise ValueError(f"max_history must be >= 0, got {max_history}")
+    if max_items is not None and max_items < 1:
+        raise ValueError(f"max_items must be >= 1, got {max_items}")
     if max_tokens is not None and count_tokens is None:
         raise ValueError("max_tokens needs count_tokens to measure the prompt")
     target = sample.target
     parts = _Parts(
         profile=tuple(target.profile) if profile else (),
         n_previous=len(sample.history),
-        shown=_past_visits(sample.history, max_history, titles),
+        shown=_past_visits(sample.history, max_history, titles, max_items),
         diagnoses=_titles(target.diagnoses, titles),
         procedures=_titles(target.procedures, titles),
     )

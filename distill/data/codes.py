@@ -52,14 +52,26 @@ def normalise_gsn(gsn: str) -> str:
     return first.zfill(6) if first.isdigit() and set(first) != {"0"} else ""
 
 
+_ATC3 = re.compile(r"[A-Z]\d\d[A-Z]")
+
+
+def _atc3(atc: str) -> str:
+    """ATC3 of an ATC level 3-5 code; '' for a shorter or malformed one (the GSN table has 'A12',
+    'A' and 'T127'), so those rows count as unmapped instead of yielding a non-ATC3 class."""
+    atc3 = atc.strip()[:ATC3_LEN]
+    return atc3 if _ATC3.fullmatch(atc3) else ""
+
+
 @lru_cache(maxsize=1)
 def gsn_to_atc3() -> dict[str, str]:
-    return {normalise_gsn(r["gsn"]): r["atc"][:ATC3_LEN] for r in _rows("gsn_atc_ndc_mapping.csv.gz")}
+    rows = _rows("gsn_atc_ndc_mapping.csv.gz")
+    return {normalise_gsn(r["gsn"]): a for r in rows if (a := _atc3(r["atc"]))}
 
 
 @lru_cache(maxsize=1)
 def ndc_to_atc3() -> dict[str, str]:
-    out = {normalise_ndc(r["ndc"]): r["atc"][:ATC3_LEN] for r in _rows("gsn_atc_ndc_mapping.csv.gz")}
+    rows = _rows("gsn_atc_ndc_mapping.csv.gz")
+    out = {normalise_ndc(r["ndc"]): a for r in rows if (a := _atc3(r["atc"]))}
     # MoleRec's table is the published pipeline's own answer: it wins where both know an NDC
     out.update({normalise_ndc(r["ndc"]): r["atc3"] for r in _rows("ndc2atc3_molerec.csv.gz")})
     out.pop("", None)

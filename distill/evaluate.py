@@ -1,0 +1,188 @@
+"""k-fold evaluation by patient: teacher, KD student, no-KD student and the simple baselines.
+
+For each fold: the teacher is fine-tuned on the training patients' prompts and its pooled features
+are cached; two students are trained from the same seed, one with feature KD (alpha, beta > 0) and
+one without (alpha = beta = 0); every model's decision threshold (or k, for popularity) is chosen
+on the validation patients; the test patients are read only for the report.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from distill import baselines
+from distill.data import codes
+from distill.data.samples import MedSample
+from distill.data.splits import split
+from distill.data.vocab import write_json_atomic
+from distill.metrics import avg_drugs, ddi_rate, f1, jaccard, prauc
+
+METRICS = ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")
+MODELS = ("teacher", "student_kd", "student_nokd", "popularity", "previous_visit")
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def medication_scores(y: np.ndarray, scores: np.ndarray, pred: np.ndarray, ddi: list) -> dict:
+    return {
+        "jaccard": jaccard(y, pred),
+        "f1": f1(y, pred),
+        "prauc": prauc(y, scores),
+        "ddi_rate": ddi_rate(pred, ddi),
+        "avg_drugs": avg_drugs(pred),
+    }
+
+
+def choose_threshold(y_val: np.ndarray, s_val: np.ndarray) -> float:
+    """The grid threshold with the best validation Jaccard (0.5 with no validation samples)."""
+    if len(y_val) == 0:
+        return 0.5
+    scores = [jaccard(y_val, s_val >= t) for t in THRESHOLDS]
+    return float(THRESHOLDS[int(np.argmax(scores))])
+
+
+def ddi_label_pairs(labels: list[str]) -> list[tuple[int, int]]:
+    index = {c: i for i, c in enumerate(labels)}
+    return [(index[a], index[b]) for a, b in sorted(codes.ddi_pairs()) if a in index and b in index]
+
+
+def summarize(per_fold: list[dict]) -> dict:
+    """Mean and standard deviation (population, over folds) of every metric."""
+    out = {}
+    for m in per_fold[0]:
+        vals = np.array([f[m] for f in per_fold], dtype=np.float64)
+        out[m] = round(float(vals.mean()), 4)
+        out[f"{m}_std"] = round(float(vals.std()), 4)
+    return out
+
+
+def previous_multi_hot(samples: list[MedSample], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    index = {c: i for i, c in enumerate(labels)}
+    prev = np.zeros((len(samples), len(labels)), dtype=np.float32)
+    has = np.zeros(len(samples), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.history:
+            has[i] = True
+            for m in s.history[-1].medications:
+                if m in index:
+                    prev[i, index[m]] = 1.0
+    return prev, has
+
+
+class StageClock:
+    """Wall seconds per named stage, summed over folds."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter = Counter()
+
+    def __call__(self, name: str):
+        clock = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                clock.seconds[name] += time.perf_counter() - self.t0
+
+        return _Timer()
+
+
+def fold_indices(samples: list[MedSample], k: int, fold: int, seed: int) -> tuple[np.ndarray, ...]:
+    sp = split({s.patient_id for s in samples}, k, fold, seed)
+    pids = np.array([s.patient_id for s in samples])
+    return tuple(
+        np.flatnonzero(np.isin(pids, sorted(part))) for part in (sp.train, sp.validation, sp.test)
+    )
+
+
+def evaluate_fold(
+    fold: int,
+    idx: tuple[np.ndarray, np.ndarray, np.ndarray],
+    y: np.ndarray,
+    model_scores: dict[str, np.ndarray],
+    prev: np.ndarray,
+    has_prev: np.ndarray,
+    ddi: list,
+) -> tuple[dict, dict]:
+    """Test metrics of every model on one fold, overall and split by single/multi visit."""
+    tr, va, te = idx
+    results: dict[str, dict] = {}
+    chosen: dict[str, float] = {}
+    for name, scores in model_scores.items():
+        t = choose_threshold(y[va], scores[va])
+        chosen[name] = t
+        results[name] = {"all": (scores[te], scores[te] >= t)}
+    freq = baselines.label_frequency(y[tr])
+    k = baselines.choose_k(freq, y[va]) if len(va) else 10
+    chosen["popularity_k"] = k
+    results["popularity"] = {"all": baselines.popularity(freq, k, len(te))}
+    results["previous_visit"] = {"all": baselines.previous_visit(prev[te], has_prev[te], freq, k)}
+    out: dict[str, dict] = {}
+    single = ~has_prev[te]
+    for name, r in results.items():
+        scores, pred = r["all"]
+        out[name] = medication_scores(y[te], scores, pred, ddi)
+        for part, mask in (("single_visit", single), ("multi_visit", ~single)):
+            if mask.any():
+                out[name][f"{part}_jaccard"] = jaccard(y[te][mask], pred[mask])
+                out[name][f"{part}_prauc"] = prauc(y[te][mask], scores[mask])
+    return out, chosen
+
+
+def build_report(
+    per_fold: list[dict],
+    meta: dict,
+) -> dict:
+    models = {}
+    for name in per_fold[0]:
+        models[name] = summarize([f[name] for f in per_fold])
+    return {**meta, "models": models}
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        f"# pocketrec report: {report['domain']} on {report['source']}",
+        "",
+        f"Protocol `{report['protocol']}`, {report['folds']} folds by patient; "
+        "mean ± standard deviation over folds; thresholds and k chosen on validation patients.",
+        "",
+        "| model | " + " | ".join(METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for name, m in report["models"].items():
+        cells = [f"{m[k]:.4f} ± {m[k + '_std']:.4f}" for k in METRICS if k in m]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Single- vs multi-visit test samples (Jaccard, PR-AUC):", ""]
+    lines += ["| model | single jaccard | single prauc | multi jaccard | multi prauc |", "|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        cells = [f"{m.get(k, float('nan')):.4f}" for k in
+                 ("single_visit_jaccard", "single_visit_prauc", "multi_visit_jaccard", "multi_visit_prauc")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in report["params"].items())]
+    lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["wall_s"].items())]
+    lines += ["", f"Teacher: {report['teacher']}", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    write_json_atomic(out_dir / "report.json", report)
+    tmp = out_dir / ".report.md.tmp"
+    tmp.write_text(report_markdown(report), encoding="utf-8")
+    tmp.replace(out_dir / "report.md")
+
+
+def environment() -> dict:
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
