@@ -109,6 +109,8 @@ def build(shared: Path) -> None:
         "ddi_atc3_pairs_gamenet.csv",
     ]:
         shutil.copy2(mm / name, codes / name)
+    # the ICD titles come from the MIMIC dictionaries: their ODbL licence travels with them
+    shutil.copy2(m4 / "LICENSE.txt", codes / "LICENSE-ODbL.txt")
     for name in ["ndc2atc3_molerec.csv", "ndc2rxcui.csv"]:
         _gzip_copy(mm / name, codes / f"{name}.gz")
     print("assets rebuilt under", ASSETS)
