@@ -111,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seed", type=int, default=0, help="0 = the published split formula")
     ds.add_argument("--alpha", type=float, default=1.0, help="weight of the feature-KD loss")
     ds.add_argument("--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss")
-    ds.add_argument("--teacher-epochs", type=float, help="teacher fine-tuning epochs")
-    ds.add_argument("--max-length", type=int, help="teacher prompt budget in tokens")
+    ds.add_argument("--teacher-epochs", type=float, default=2.0,
+                    help="teacher fine-tuning epochs (default 2)")
+    ds.add_argument("--max-length", type=int, default=384,
+                    help="teacher prompt budget in tokens (default 384; --quick caps it at 128)")
     ds.add_argument("--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA")
     ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
     ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -132,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except FileExistsError as e:
+        return _fail(str(e))
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 def entry() -> None:

@@ -37,7 +37,7 @@ class RunConfig:
     distill: DistillConfig
     student_dim: int = 64
     student_layers: int = 2
-    prompt_max_items: int | None = 8  # per past-visit list, so history fits the teacher window
+    prompt_max_items: int | None = 4  # per past-visit list, so history fits the teacher window
 
     def to_dict(self) -> dict:
         return {

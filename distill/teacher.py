@@ -119,7 +119,7 @@ class TeacherConfig:
     max_length: int = 512
     weight_decay: float = 0.0
     seed: int = 0
-    head_lr_multiplier: float = 1.0
+    head_lr_multiplier: float = 20.0  # the head starts from zero knowledge; LoRA needs a small lr
     truncation_side: str = "left"
 
     def __post_init__(self) -> None:

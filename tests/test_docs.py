@@ -1,0 +1,41 @@
+"""The README documents every command the CLI has, and the commands it shows exist."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from distill.cli import build_parser
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "pocketrec") -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _commands(sub, f"{prefix} {name}")
+                out.extend(nested or [f"{prefix} {name}"])
+    return out
+
+
+def test_every_command_is_in_the_readme():
+    commands = _commands(build_parser())
+    assert "pocketrec data stats" in commands and "pocketrec distill" in commands
+    missing = [c for c in commands if c not in README]
+    assert not missing, f"undocumented commands: {missing}"
+
+
+def test_every_command_in_the_readme_exists():
+    commands = set(_commands(build_parser()))
+    shown = set(re.findall(r"`(pocketrec (?:data \w+|\w+))", README))
+    assert shown, "the README shows no pocketrec command"
+    assert shown <= commands, f"README shows commands the CLI lacks: {shown - commands}"
+
+
+def test_readme_names_both_setup_commands_and_ci_calls_the_test_one():
+    assert "make demo" in README and "make test" in README
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in ci
