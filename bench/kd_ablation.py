@@ -70,8 +70,11 @@ def main() -> None:
         tr, va, _te = ev.fold_indices(samples, d.folds, fold, d.seed)
         sub = lambda idx: {k: v[idx] for k, v in arrays.items()}  # noqa: E731
         scfg = StudentConfig.from_vocabs(
-            vocabs, dim=cfg["student_dim"], visit_layers=cfg["student_layers"],
-            teacher_dim=feats.shape[1], max_visits=tcfg.max_visits,
+            vocabs,
+            dim=cfg["student_dim"],
+            visit_layers=cfg["student_layers"],
+            teacher_dim=feats.shape[1],
+            max_visits=tcfg.max_visits,
         )
         for name, change in VARIANTS.items():
             for seed in seeds:
@@ -92,9 +95,19 @@ def main() -> None:
     out = ROOT / "bench" / "results" / "kd_ablation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"run": str(args.run), "seeds": seeds, "folds": d.folds,
-                               "teacher": cfg["teacher"], "variants": result,
-                               "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {
+                "run": str(args.run),
+                "seeds": seeds,
+                "folds": d.folds,
+                "teacher": cfg["teacher"],
+                "variants": result,
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=1,
+        )
+    )
     os.replace(tmp, out)
 
 

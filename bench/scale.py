@@ -202,8 +202,9 @@ def write_demo_copy(folder: Path) -> dict[str, int]:
     return rows
 
 
-def expand(table: Table, drawn: np.ndarray, first_copy: int, first_hadm: np.ndarray,
-           first_row: int) -> pd.DataFrame:
+def expand(
+    table: Table, drawn: np.ndarray, first_copy: int, first_hadm: np.ndarray, first_row: int
+) -> pd.DataFrame:
     """All rows of the drawn patients (copies first_copy, first_copy + 1, ...), ids rewritten.
 
     `first_hadm[i]` is the fresh hadm_id of the first admission of copy first_copy + i.
@@ -211,8 +212,11 @@ def expand(table: Table, drawn: np.ndarray, first_copy: int, first_hadm: np.ndar
     counts = table.counts[drawn]
     total = int(counts.sum())
     start_in_block = np.cumsum(counts) - counts
-    pos = np.arange(total) - np.repeat(start_in_block, counts) + np.repeat(table.offsets[drawn],
-                                                                           counts)
+    pos = (
+        np.arange(total)
+        - np.repeat(start_in_block, counts)
+        + np.repeat(table.offsets[drawn], counts)
+    )
     copy = np.repeat(np.arange(len(drawn)), counts)
     out = table.frame.take(pos).reset_index(drop=True)
     out[table.row_col] = (first_row + np.arange(total)).astype(str)
@@ -250,22 +254,36 @@ def write_resampled(folder: Path, tables: dict[str, Table], factor: int) -> dict
 
 
 def measure(folder: Path) -> dict:
-    cmd = [sys.executable, "-m", "distill.cli", "data", "stats",
-           "--path", str(folder), "--format", "mimic3", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "data",
+        "stats",
+        "--path",
+        str(folder),
+        "--format",
+        "mimic3",
+        "--json",
+    ]
     with tempfile.TemporaryDirectory(prefix="pocketrec-scale-run-") as tmp:
         report = Path(tmp) / "rusage.json"
         proc = subprocess.run(
             [sys.executable, "-I", "-S", "-c", WRAPPER, str(report), *cmd],
-            capture_output=True, text=True, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         if proc.returncode != 0:
-            raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}: "
-                             f"{proc.stderr.strip()[-2000:]}")
+            raise BenchError(
+                f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+            )
         try:
             usage = json.loads(report.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise BenchError(f"the measuring wrapper wrote no result ({e}): "
-                             f"{proc.stderr.strip()[-2000:]}") from None
+            raise BenchError(
+                f"the measuring wrapper wrote no result ({e}): {proc.stderr.strip()[-2000:]}"
+            ) from None
     try:
         stats = json.loads(proc.stdout)
     except json.JSONDecodeError as e:
@@ -291,8 +309,9 @@ def check(factor: int, rows: dict[str, int], stats: dict) -> None:
     if stats.get("patients") != want_patients:
         problems.append(f"patients is {stats.get('patients')}, expected {want_patients}")
     if stats.get("visits") != want_visits:
-        problems.append(f"visits is {stats.get('visits')}, expected {want_visits} (admissions "
-                        "written)")
+        problems.append(
+            f"visits is {stats.get('visits')}, expected {want_visits} (admissions written)"
+        )
     read = stats.get("rows_read", {})
     for name, n in rows.items():
         if read.get(f"{name}.csv") != n:
@@ -326,10 +345,12 @@ def linearity(entries: list[dict]) -> dict | None:
         "factors": [1, a["factor"], b["factor"]],
         "time_ratio": ratio(b["wall_s"] - one["wall_s"], a["wall_s"] - one["wall_s"]),
         "row_ratio": ratio(b["total_rows"], a["total_rows"]),
-        "row_ratio_net": ratio(b["total_rows"] - one["total_rows"],
-                               a["total_rows"] - one["total_rows"]),
-        "rss_growth_ratio": ratio(b["peak_rss_mib"] - one["peak_rss_mib"],
-                                  a["peak_rss_mib"] - one["peak_rss_mib"]),
+        "row_ratio_net": ratio(
+            b["total_rows"] - one["total_rows"], a["total_rows"] - one["total_rows"]
+        ),
+        "rss_growth_ratio": ratio(
+            b["peak_rss_mib"] - one["peak_rss_mib"], a["peak_rss_mib"] - one["peak_rss_mib"]
+        ),
         "rss_ratio": ratio(b["peak_rss_mib"], a["peak_rss_mib"]),
     }
 
@@ -409,8 +430,9 @@ def parse_factors(text: str) -> list[int]:
     try:
         factors = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--factors: {text!r} is not a comma-separated list "
-                                         "of whole numbers") from None
+        raise argparse.ArgumentTypeError(
+            f"--factors: {text!r} is not a comma-separated list of whole numbers"
+        ) from None
     if not factors or factors[0] < 1:
         raise argparse.ArgumentTypeError("--factors: give whole numbers of 1 or more")
     return factors
@@ -429,8 +451,10 @@ def run(factors: list[int], workdir: Path) -> dict:
         t0 = time.perf_counter()
         rows[f] = write_demo_copy(folder) if f == 1 else write_resampled(folder, tables, f)
         size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
-        log(f"wrote x{f}: {sum(rows[f].values()):,} rows, {size:.1f} MiB in "
-            f"{time.perf_counter() - t0:.1f} s -> {folder}")
+        log(
+            f"wrote x{f}: {sum(rows[f].values()):,} rows, {size:.1f} MiB in "
+            f"{time.perf_counter() - t0:.1f} s -> {folder}"
+        )
         folders[f] = folder
 
     runs: dict[int, list[dict]] = {f: [] for f in factors}
@@ -439,35 +463,41 @@ def run(factors: list[int], workdir: Path) -> dict:
             m = measure(folders[f])
             check(f, rows[f], m["stats"])
             runs[f].append(m)
-            log(f"run {r + 1}/{RUNS} x{f}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} s cpu, "
+            log(
+                f"run {r + 1}/{RUNS} x{f}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} s cpu, "
                 f"{m['peak_rss_mib']:.1f} MiB peak RSS "
-                f"(wrapper floor {fmt(m['wrapper_rss_mib'], '.1f')} MiB)")
+                f"(wrapper floor {fmt(m['wrapper_rss_mib'], '.1f')} MiB)"
+            )
 
     entries = []
     for f in factors:
         total = sum(rows[f].values())
         wall = min(m["wall_s"] for m in runs[f])
-        entries.append({
-            "factor": f,
-            "patients": rows[f]["PATIENTS"],
-            "admissions": rows[f]["ADMISSIONS"],
-            "rows": rows[f],
-            "total_rows": total,
-            "input_mib": round(sum(p.stat().st_size for p in folders[f].iterdir()) / 2**20, 2),
-            "wall_s": wall,
-            "walls_s": [round(m["wall_s"], 4) for m in runs[f]],
-            "cpu_s": [round(m["cpu_s"], 4) for m in runs[f]],
-            "peak_rss_mib": max(m["peak_rss_mib"] for m in runs[f]),
-            "peak_rss_mib_runs": [round(m["peak_rss_mib"], 2) for m in runs[f]],
-            "wrapper_rss_mib": [m["wrapper_rss_mib"] and round(m["wrapper_rss_mib"], 2)
-                                for m in runs[f]],
-            "rows_per_s": total / wall,
-            "stats_checked": {k: runs[f][0]["stats"][k] for k in ("patients", "visits")},
-        })
+        entries.append(
+            {
+                "factor": f,
+                "patients": rows[f]["PATIENTS"],
+                "admissions": rows[f]["ADMISSIONS"],
+                "rows": rows[f],
+                "total_rows": total,
+                "input_mib": round(sum(p.stat().st_size for p in folders[f].iterdir()) / 2**20, 2),
+                "wall_s": wall,
+                "walls_s": [round(m["wall_s"], 4) for m in runs[f]],
+                "cpu_s": [round(m["cpu_s"], 4) for m in runs[f]],
+                "peak_rss_mib": max(m["peak_rss_mib"] for m in runs[f]),
+                "peak_rss_mib_runs": [round(m["peak_rss_mib"], 2) for m in runs[f]],
+                "wrapper_rss_mib": [
+                    m["wrapper_rss_mib"] and round(m["wrapper_rss_mib"], 2) for m in runs[f]
+                ],
+                "rows_per_s": total / wall,
+                "stats_checked": {k: runs[f][0]["stats"][k] for k in ("patients", "visits")},
+            }
+        )
     one = entries[0]
     for e in entries:
         e["rows_per_s_net"] = (
-            None if e["factor"] == 1
+            None
+            if e["factor"] == 1
             else ratio(e["total_rows"] - one["total_rows"], e["wall_s"] - one["wall_s"])
         )
     return {"entries": entries, "startup_s": one["wall_s"]}
@@ -475,10 +505,17 @@ def run(factors: list[int], workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--factors", type=parse_factors, default=[1, 10, 100],
-                   help="comma-separated multiples of the demo (default 1,10,100)")
-    p.add_argument("--workdir", type=Path,
-                   help="folder for the exports (default: a new temporary folder under /tmp)")
+    p.add_argument(
+        "--factors",
+        type=parse_factors,
+        default=[1, 10, 100],
+        help="comma-separated multiples of the demo (default 1,10,100)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="folder for the exports (default: a new temporary folder under /tmp)",
+    )
     p.add_argument("--keep", action="store_true", help="leave the exports in place")
     args = p.parse_args(argv)
 
@@ -489,8 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         taken = [f"x{f}" for f in [1, *args.factors] if (workdir / f"x{f}").exists()]
         if taken:
-            print(f"scale: error: {workdir} already holds {', '.join(taken)}; remove them or "
-                  "choose another --workdir", file=sys.stderr)
+            print(
+                f"scale: error: {workdir} already holds {', '.join(taken)}; remove them or "
+                "choose another --workdir",
+                file=sys.stderr,
+            )
             return 2
     try:
         result = run(args.factors, workdir)
@@ -517,8 +557,18 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "pocketrec data stats --format mimic3 --json on resampled MIMIC-III demo",
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": [sys.executable, "-m", "distill.cli", "data", "stats", "--path", "DIR",
-                    "--format", "mimic3", "--json"],
+        "command": [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "data",
+            "stats",
+            "--path",
+            "DIR",
+            "--format",
+            "mimic3",
+            "--json",
+        ],
         "machine": machine(),
         "method": METHOD,
         "resampling": {
@@ -526,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "rng": "numpy.random.default_rng(seed).integers(0, 100, size=factor * 100)",
             "factor_1": "the demo's tables decompressed to .csv, unchanged",
             "ids": "fresh subject_id per drawn copy, fresh hadm_id per copied admission, "
-                   "fresh row_id per row; other columns copied",
+            "fresh row_id per row; other columns copied",
         },
         "startup_s": result["startup_s"],
         "rows_per_s_net_definition": "(rows - rows at 1x) / (wall - wall at 1x)",

@@ -25,9 +25,12 @@ def top_k_mask(freq: np.ndarray, k: int) -> np.ndarray:
 
 
 def choose_k(freq: np.ndarray, y_val: np.ndarray, max_k: int | None = None) -> int:
-    """The k whose top-k popularity prediction has the best validation Jaccard (smallest on ties)."""
+    """The k whose top-k popularity has the best validation Jaccard (the smallest on ties)."""
     max_k = min(max_k or len(freq), len(freq))
-    scores = [jaccard(y_val, np.broadcast_to(top_k_mask(freq, k), y_val.shape)) for k in range(1, max_k + 1)]
+    scores = [
+        jaccard(y_val, np.broadcast_to(top_k_mask(freq, k), y_val.shape))
+        for k in range(1, max_k + 1)
+    ]
     return int(np.argmax(scores)) + 1
 
 

@@ -37,13 +37,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from distill.config import DataConfig
-    from distill.data.tensors import TensorConfig
-    from distill.run import RunConfig, quick_config, run_distill
-    from distill.teacher import TeacherConfig
-    from distill.train import DistillConfig
+    from distill.run import quick_config, run_distill
 
     if (args.source is None) == (args.path is None):
         return _fail("distill: give exactly one of --source or --path")
@@ -52,12 +46,30 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         return _fail(f"distill: {out} is not empty; pass --force to replace it")
+    try:
+        cfg = _distill_config(args)
+    except ValueError as e:  # a config's own validation names the field and the rule
+        return _fail(f"distill: {e}")
+    if args.quick:
+        cfg = quick_config(cfg)
+    report = run_distill(out, cfg, force=args.force)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.json'}  total {report['wall_s']['total']:.0f} s")
+    return 0
+
+
+def _distill_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from distill.config import DataConfig
+    from distill.data.tensors import TensorConfig
+    from distill.run import RunConfig
+    from distill.teacher import TeacherConfig
+    from distill.train import DistillConfig
+
     teacher = TeacherConfig(backbone=args.teacher, lora=not args.full_finetune)
-    if args.teacher_epochs is not None:
-        teacher = replace(teacher, epochs=args.teacher_epochs)
-    if args.max_length is not None:
-        teacher = replace(teacher, max_length=args.max_length)
-    cfg = RunConfig(
+    teacher = replace(teacher, epochs=args.teacher_epochs, max_length=args.max_length)
+    return RunConfig(
         data=DataConfig(
             source=args.source,
             path=str(args.path) if args.path else None,
@@ -70,12 +82,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
         tensors=TensorConfig(),
         distill=DistillConfig(alpha=args.alpha, beta=args.beta, seed=args.seed),
     )
-    if args.quick:
-        cfg = quick_config(cfg)
-    report = run_distill(out, cfg, force=args.force)
-    print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"report: {out / 'report.json'}  total {report['wall_s']['total']:.0f} s")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="inspect EHR data sources")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    st = data_sub.add_parser("stats", help="patients, visits, vocabularies and drug mapping of a source")
+    st = data_sub.add_parser(
+        "stats", help="patients, visits, vocabularies and drug mapping of a source"
+    )
     st.add_argument("--source", choices=sorted(SOURCES), help="an embedded demo source")
     st.add_argument("--path", type=Path, help="folder of your own export")
     st.add_argument("--format", choices=FORMATS, help="format of the export at --path")
@@ -104,18 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--path", type=Path, help="folder of your own export")
     ds.add_argument("--format", choices=FORMATS, help="format of the export at --path")
     ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
-    ds.add_argument("--teacher", default="minilm",
-                    help="minilm (embedded all-MiniLM-L6-v2), a local model folder or a hub id")
+    ds.add_argument(
+        "--teacher",
+        default="minilm",
+        help="minilm (embedded all-MiniLM-L6-v2), a local model folder or a hub id",
+    )
     ds.add_argument("--protocol", default="all-visits", choices=["all-visits", "last-visit"])
     ds.add_argument("--folds", type=int, default=5)
     ds.add_argument("--seed", type=int, default=0, help="0 = the published split formula")
     ds.add_argument("--alpha", type=float, default=1.0, help="weight of the feature-KD loss")
     ds.add_argument("--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss")
-    ds.add_argument("--teacher-epochs", type=float, default=2.0,
-                    help="teacher fine-tuning epochs (default 2)")
-    ds.add_argument("--max-length", type=int, default=384,
-                    help="teacher prompt budget in tokens (default 384; --quick caps it at 128)")
-    ds.add_argument("--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA")
+    ds.add_argument(
+        "--teacher-epochs", type=float, default=2.0, help="teacher fine-tuning epochs (default 2)"
+    )
+    ds.add_argument(
+        "--max-length",
+        type=int,
+        default=384,
+        help="teacher prompt budget in tokens (default 384; --quick caps it at 128)",
+    )
+    ds.add_argument(
+        "--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA"
+    )
     ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
     ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ds.set_defaults(func=cmd_distill)

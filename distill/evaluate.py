@@ -52,16 +52,22 @@ def ddi_label_pairs(labels: list[str]) -> list[tuple[int, int]]:
 
 
 def summarize(per_fold: list[dict]) -> dict:
-    """Mean and standard deviation (population, over folds) of every metric."""
+    """Mean and standard deviation (population, over folds) of every metric.
+
+    A single/multi-visit breakdown is missing from a fold whose test part lacks that kind of
+    sample; such a metric is summarized over the folds that report it.
+    """
     out = {}
-    for m in per_fold[0]:
-        vals = np.array([f[m] for f in per_fold], dtype=np.float64)
+    for m in dict.fromkeys(k for f in per_fold for k in f):
+        vals = np.array([f[m] for f in per_fold if m in f], dtype=np.float64)
         out[m] = round(float(vals.mean()), 4)
         out[f"{m}_std"] = round(float(vals.std()), 4)
     return out
 
 
-def previous_multi_hot(samples: list[MedSample], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def previous_multi_hot(
+    samples: list[MedSample], labels: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     index = {c: i for i, c in enumerate(labels)}
     prev = np.zeros((len(samples), len(labels)), dtype=np.float32)
     has = np.zeros(len(samples), dtype=bool)
@@ -159,13 +165,27 @@ def report_markdown(report: dict) -> str:
         cells = [f"{m[k]:.4f} ± {m[k + '_std']:.4f}" for k in METRICS if k in m]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Single- vs multi-visit test samples (Jaccard, PR-AUC):", ""]
-    lines += ["| model | single jaccard | single prauc | multi jaccard | multi prauc |", "|---|---|---|---|---|"]
+    lines += [
+        "| model | single jaccard | single prauc | multi jaccard | multi prauc |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in report["models"].items():
-        cells = [f"{m.get(k, float('nan')):.4f}" for k in
-                 ("single_visit_jaccard", "single_visit_prauc", "multi_visit_jaccard", "multi_visit_prauc")]
+        cells = [
+            f"{m.get(k, float('nan')):.4f}"
+            for k in (
+                "single_visit_jaccard",
+                "single_visit_prauc",
+                "multi_visit_jaccard",
+                "multi_visit_prauc",
+            )
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in report["params"].items())]
-    lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["wall_s"].items())]
+    lines += [
+        "",
+        "Wall time per stage (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in report["wall_s"].items()),
+    ]
     lines += ["", f"Teacher: {report['teacher']}", ""]
     return "\n".join(lines)
 

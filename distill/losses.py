@@ -17,8 +17,10 @@ def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def feature_mse(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean squared error per feature dimension (teacher features standardised upstream)."""
     if projected.shape != teacher.shape:
-        raise ValueError(f"projected student features {tuple(projected.shape)} do not match "
-                         f"teacher features {tuple(teacher.shape)}")
+        raise ValueError(
+            f"projected student features {tuple(projected.shape)} do not match "
+            f"teacher features {tuple(teacher.shape)}"
+        )
     return F.mse_loss(projected, teacher)
 
 

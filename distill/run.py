@@ -56,7 +56,11 @@ def quick_config(cfg: RunConfig) -> RunConfig:
     return replace(
         cfg,
         teacher=replace(cfg.teacher, epochs=1, max_length=min(cfg.teacher.max_length, 128)),
-        distill=replace(cfg.distill, max_epochs=min(cfg.distill.max_epochs, 60), patience=10),
+        distill=replace(
+            cfg.distill,
+            max_epochs=min(cfg.distill.max_epochs, 60),
+            patience=min(cfg.distill.patience, 10),
+        ),
     )
 
 
@@ -90,7 +94,9 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
         samples = build_samples(cohort, d.protocol, d.require_procedures)
         if len(samples) < 10:
-            raise ValueError(f"only {len(samples)} usable samples in {cohort.report.source}; need 10+")
+            raise ValueError(
+                f"only {len(samples)} usable samples in {cohort.report.source}; need 10+"
+            )
         vocabs = MedVocabs.build(cohort.visits)
         vocabs.save(out / "vocab")
         labels = list(vocabs.labels)
@@ -100,24 +106,38 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         y = arrays["y"]
         ddi = ev.ddi_label_pairs(labels)
         prev, has_prev = ev.previous_multi_hot(samples, labels)
-    _log(f"data: {len(samples)} samples ({d.protocol}) from {len(cohort.visits)} visits, "
-         f"{len(labels)} drug classes, {d.folds} folds")
+    _log(
+        f"data: {len(samples)} samples ({d.protocol}) from {len(cohort.visits)} visits, "
+        f"{len(labels)} drug classes, {d.folds} folds"
+    )
 
     with clock("prompts"):
         tokenizer = tch.load_tokenizer(cfg.teacher)
         count = tokenizer_counter(tokenizer)
-        texts = [build_prompt(s, titles=cohort.titles, count_tokens=count,
-                              max_tokens=cfg.teacher.max_length, max_items=cfg.prompt_max_items)
-                 for s in samples]
+        texts = [
+            build_prompt(
+                s,
+                titles=cohort.titles,
+                count_tokens=count,
+                max_tokens=cfg.teacher.max_length,
+                max_items=cfg.prompt_max_items,
+            )
+            for s in samples
+        ]
         shown = sum(t.count("\nVisit ") for t in texts)
         phash = prompt_hash(texts)
         (out / "prompts.jsonl").write_text(
-            "".join(json.dumps({"id": s.sample_id, "text": t}) + "\n" for s, t in zip(samples, texts, strict=True)),
+            "".join(
+                json.dumps({"id": s.sample_id, "text": t}) + "\n"
+                for s, t in zip(samples, texts, strict=True)
+            ),
             encoding="utf-8",
         )
     sample_ids = [s.sample_id for s in samples]
-    _log(f"prompts: {len(texts)} within {cfg.teacher.max_length} tokens; "
-         f"{shown} of {sum(min(len(s.history), 3) for s in samples)} past visits shown")
+    _log(
+        f"prompts: {len(texts)} within {cfg.teacher.max_length} tokens; "
+        f"{shown} of {sum(min(len(s.history), 3) for s in samples)} past visits shown"
+    )
 
     per_fold, chosen_all, params = [], [], {}
     for fold in range(d.folds):
@@ -125,16 +145,28 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         fdir.mkdir()
         idx = ev.fold_indices(samples, d.folds, fold, d.seed)
         tr, va, te = idx
-        _log(f"fold {fold + 1}/{d.folds}: {len(tr)} train, {len(va)} validation, {len(te)} test samples")
+        _log(
+            f"fold {fold + 1}/{d.folds}: {len(tr)} train, {len(va)} validation, "
+            f"{len(te)} test samples"
+        )
 
         with clock("teacher_train"):
             model = tch.train_teacher(
-                [texts[i] for i in tr], y[tr], [texts[i] for i in va], y[va],
-                cfg.teacher, fdir / "teacher", n_labels=len(labels),
+                [texts[i] for i in tr],
+                y[tr],
+                [texts[i] for i in va],
+                y[va],
+                cfg.teacher,
+                fdir / "teacher",
+                n_labels=len(labels),
             )
         with clock("teacher_features"):
             fpath = tch.extract_features(
-                model, tokenizer, texts, sample_ids, fdir / "features.safetensors",
+                model,
+                tokenizer,
+                texts,
+                sample_ids,
+                fdir / "features.safetensors",
                 meta={"prompt_hash": phash, "backbone": cfg.teacher.backbone},
             )
             feats, probs, _ = tch.load_features(fpath)
@@ -142,12 +174,17 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         del model
 
         scfg = StudentConfig.from_vocabs(
-            vocabs, dim=cfg.student_dim, visit_layers=cfg.student_layers,
-            teacher_dim=feats.shape[1], max_visits=cfg.tensors.max_visits,
+            vocabs,
+            dim=cfg.student_dim,
+            visit_layers=cfg.student_layers,
+            teacher_dim=feats.shape[1],
+            max_visits=cfg.tensors.max_visits,
         )
         train_a, val_a = _subset(arrays, tr), _subset(arrays, va)
         with clock("student_kd"):
-            kd = train_student(train_a, val_a, scfg, cfg.distill, teacher=lambda i, f=feats[tr]: f[i])
+            kd = train_student(
+                train_a, val_a, scfg, cfg.distill, teacher=lambda i, f=feats[tr]: f[i]
+            )
         with clock("student_nokd"):
             nokd = train_student(train_a, val_a, scfg, replace(cfg.distill, alpha=0.0, beta=0.0))
         save_student(kd.model, scfg, fdir / "student_kd.safetensors")
@@ -160,30 +197,49 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
                 "student_nokd": predict(nokd.model, arrays),
             }
             metrics, chosen = ev.evaluate_fold(fold, idx, y, scores, prev, has_prev, ddi)
-        chosen |= {"student_kd_best_epoch": kd.best_epoch, "student_nokd_best_epoch": nokd.best_epoch}
-        write_json_atomic(fdir / "metrics.json", {"test": metrics, "chosen_on_validation": chosen,
-                                                  "kd_history": kd.history, "nokd_history": nokd.history})
+        chosen |= {
+            "student_kd_best_epoch": kd.best_epoch,
+            "student_nokd_best_epoch": nokd.best_epoch,
+        }
+        write_json_atomic(
+            fdir / "metrics.json",
+            {
+                "test": metrics,
+                "chosen_on_validation": chosen,
+                "kd_history": kd.history,
+                "nokd_history": nokd.history,
+            },
+        )
         per_fold.append(metrics)
         chosen_all.append(chosen)
-        _log("fold {}: jaccard teacher {:.3f} kd {:.3f} nokd {:.3f} popularity {:.3f} previous {:.3f}".format(
-            fold + 1, *(metrics[m]["jaccard"] for m in ev.MODELS)))
+        _log(
+            f"fold {fold + 1}: jaccard "
+            + ", ".join(f"{m} {metrics[m]['jaccard']:.3f}" for m in ev.MODELS)
+        )
 
-    report = ev.build_report(per_fold, {
-        "domain": "medication",
-        "source": cohort.report.source,
-        "protocol": d.protocol,
-        "folds": d.folds,
-        "samples": len(samples),
-        "labels": len(labels),
-        "params": params,
-        "teacher": {"backbone": cfg.teacher.backbone, "lora": cfg.teacher.lora,
-                    "max_length": cfg.teacher.max_length, "epochs": cfg.teacher.epochs},
-        "chosen_on_validation": chosen_all,
-        "unknown_codes": sum(unknown.values()),
-        "wall_s": {k: round(v, 1) for k, v in clock.seconds.items()}
-        | {"total": round(time.perf_counter() - t_start, 1)},
-        "config": cfg.to_dict(),
-        "environment": ev.environment(),
-    })
+    report = ev.build_report(
+        per_fold,
+        {
+            "domain": "medication",
+            "source": cohort.report.source,
+            "protocol": d.protocol,
+            "folds": d.folds,
+            "samples": len(samples),
+            "labels": len(labels),
+            "params": params,
+            "teacher": {
+                "backbone": cfg.teacher.backbone,
+                "lora": cfg.teacher.lora,
+                "max_length": cfg.teacher.max_length,
+                "epochs": cfg.teacher.epochs,
+            },
+            "chosen_on_validation": chosen_all,
+            "unknown_codes": sum(unknown.values()),
+            "wall_s": {k: round(v, 1) for k, v in clock.seconds.items()}
+            | {"total": round(time.perf_counter() - t_start, 1)},
+            "config": cfg.to_dict(),
+            "environment": ev.environment(),
+        },
+    )
     ev.write_report(report, out)
     return report

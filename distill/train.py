@@ -69,7 +69,9 @@ def _tensors(arrays: dict[str, np.ndarray], idx: np.ndarray) -> list[torch.Tenso
 
 
 @torch.no_grad()
-def predict(model: LeaderStudent, arrays: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+def predict(
+    model: LeaderStudent, arrays: dict[str, np.ndarray], batch_size: int = 256
+) -> np.ndarray:
     """Sigmoid scores [N, L] in eval mode."""
     model.eval()
     n = len(arrays["y"]) if "y" in arrays else len(arrays["dx"])
@@ -149,7 +151,9 @@ def train_student(
             progress(row)
         if val_prauc > best[0]:
             state = {k: v.clone() for k, v in model.state_dict().items()}
-            pstate = {k: v.clone() for k, v in projector.state_dict().items()} if projector else None
+            pstate = (
+                {k: v.clone() for k, v in projector.state_dict().items()} if projector else None
+            )
             best = (val_prauc, epoch, (state, pstate))
         elif epoch - best[1] >= cfg.patience:
             break

@@ -91,7 +91,10 @@ def build(shared: Path) -> None:
                     seen.add(key)
                     yield [*key, r["long_title"].strip()]
         # MIMIC-III dictionaries: fill ICD-9 codes the MIMIC-IV tables lack
-        for fname, system in [("D_ICD_DIAGNOSES.csv", "icd9cm"), ("D_ICD_PROCEDURES.csv", "icd9pcs")]:
+        for fname, system in [
+            ("D_ICD_DIAGNOSES.csv", "icd9cm"),
+            ("D_ICD_PROCEDURES.csv", "icd9pcs"),
+        ]:
             with _open_text(m3 / fname) as f:
                 for r in csv.DictReader(f):
                     key = (system, r["icd9_code"].strip())

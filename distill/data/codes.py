@@ -112,7 +112,9 @@ _US_NAMES = {
 @lru_cache(maxsize=1)
 def _ingredient_index() -> dict[str, str]:
     # every name a level-5 code has (the table lists synonyms as extra rows); lowest code wins
-    rows = sorted((r["atc_code"].strip(), r["atc_name"].strip().lower()) for r in _rows("atc_coding.csv.gz"))
+    rows = sorted(
+        (r["atc_code"].strip(), r["atc_name"].strip().lower()) for r in _rows("atc_coding.csv.gz")
+    )
     out: dict[str, str] = {}
     for code, name in rows:
         if len(code) == 7:

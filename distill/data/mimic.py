@@ -33,7 +33,9 @@ def _age_band(age: pd.Series) -> pd.Series:
     return band.where(age < 90, "90+").where(age.notna(), "")
 
 
-def _admissions(path: Path, profile: list[str], report: ReadReport, chunk_rows: int) -> pd.DataFrame:
+def _admissions(
+    path: Path, profile: list[str], report: ReadReport, chunk_rows: int
+) -> pd.DataFrame:
     parts = []
     for chunk in read_table(path, ["subject_id", "hadm_id", "admittime"], profile, chunk_rows):
         require_values(chunk, "subject_id", path)
@@ -81,19 +83,28 @@ def _icd_codes(
         report.rows[path.name] += len(chunk)
         code = chunk[code_col].str.strip()
         hadm = chunk["hadm_id"].str.strip()
-        version = pd.Series(fixed_version, index=chunk.index) if fixed_version else chunk["icd_version"].str.strip()
+        version = (
+            pd.Series(fixed_version, index=chunk.index)
+            if fixed_version
+            else chunk["icd_version"].str.strip()
+        )
         bad = ~version.isin(["9", "10"])
         if bad.any():
             i = bad.idxmax()
             raise DataError(
-                f"{path}: line {chunk.at[i, 'line']}: icd_version is {version[i]!r}, expected 9 or 10"
+                f"{path}: line {chunk.at[i, 'line']}: icd_version is {version[i]!r}, "
+                "expected 9 or 10"
             )
         empty = code == ""
         unknown = ~empty & ~hadm.isin(known)
         report.skipped[f"{table}: empty code"] += int(empty.sum())
         report.skipped[f"{table}: unknown admission"] += int(unknown.sum())
         keep = ~empty & ~unknown
-        seq = pd.to_numeric(chunk["seq_num"], errors="coerce") if "seq_num" in chunk else chunk["line"]
+        seq = (
+            pd.to_numeric(chunk["seq_num"], errors="coerce")
+            if "seq_num" in chunk
+            else chunk["line"]
+        )
         parts.append(
             pd.DataFrame(
                 {
@@ -133,8 +144,12 @@ def _medications(
         report.medication_rows += len(chunk)
         report.unmapped_medication_rows += int(unmapped.sum())
         if "drug" in chunk:
-            report.unmapped_examples.update(chunk.loc[unmapped, "drug"].str.strip().value_counts().to_dict())
-        pairs.append(pd.DataFrame({"hadm_id": hadm[~unmapped], "atc3": atc3[~unmapped]}).drop_duplicates())
+            report.unmapped_examples.update(
+                chunk.loc[unmapped, "drug"].str.strip().value_counts().to_dict()
+            )
+        pairs.append(
+            pd.DataFrame({"hadm_id": hadm[~unmapped], "atc3": atc3[~unmapped]}).drop_duplicates()
+        )
     df = pd.concat(pairs, ignore_index=True).drop_duplicates().sort_values(["hadm_id", "atc3"])
     return df.groupby("hadm_id", sort=False)["atc3"].agg(list).to_dict()
 
@@ -152,7 +167,9 @@ def _build(
     visits = []
     for row in adm.itertuples(index=False):
         r = row._asdict()
-        profile = tuple((name, str(r[col]).strip()) for name, col in profile_fields if str(r[col]).strip())
+        profile = tuple(
+            (name, str(r[col]).strip()) for name, col in profile_fields if str(r[col]).strip()
+        )
         h = r["hadm_id"]
         visits.append(
             Visit(
@@ -172,8 +189,10 @@ def _build(
 def read_mimic3(folder: Path, source: str = "mimic3", chunk_rows: int = CHUNK_ROWS) -> Cohort:
     folder = Path(folder)
     report = ReadReport(source=source, unmapped_examples=Counter())
-    paths = {n: find_table(folder, n) for n in
-             ["ADMISSIONS", "PATIENTS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "PRESCRIPTIONS"]}
+    paths = {
+        n: find_table(folder, n)
+        for n in ["ADMISSIONS", "PATIENTS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "PRESCRIPTIONS"]
+    }
     profile = ["insurance", "language", "religion", "marital_status", "ethnicity"]
     adm = _admissions(paths["ADMISSIONS"], profile, report, chunk_rows)
     pat = _patients(paths["PATIENTS"], report, chunk_rows, ["dob"])
@@ -194,8 +213,10 @@ def read_mimic4(folder: Path, source: str = "mimic4", chunk_rows: int = CHUNK_RO
     folder = Path(folder)
     hosp = folder / "hosp" if (folder / "hosp").is_dir() else folder
     report = ReadReport(source=source, unmapped_examples=Counter())
-    paths = {n: find_table(hosp, n) for n in
-             ["admissions", "patients", "diagnoses_icd", "procedures_icd", "prescriptions"]}
+    paths = {
+        n: find_table(hosp, n)
+        for n in ["admissions", "patients", "diagnoses_icd", "procedures_icd", "prescriptions"]
+    }
     profile = ["insurance", "language", "marital_status", "race"]
     adm = _admissions(paths["admissions"], profile, report, chunk_rows)
     pat = _patients(paths["patients"], report, chunk_rows, ["anchor_age", "anchor_year"])
@@ -203,8 +224,10 @@ def read_mimic4(folder: Path, source: str = "mimic4", chunk_rows: int = CHUNK_RO
     if "anchor_age" in adm and "anchor_year" in adm:
         # anchor_age is the age in anchor_year; admissions move it by the year difference
         years = pd.to_datetime(adm["admittime"]).dt.year
-        age = pd.to_numeric(adm["anchor_age"], errors="coerce") + years - pd.to_numeric(
-            adm["anchor_year"], errors="coerce"
+        age = (
+            pd.to_numeric(adm["anchor_age"], errors="coerce")
+            + years
+            - pd.to_numeric(adm["anchor_year"], errors="coerce")
         )
         adm["age_band"] = _age_band(age.astype("Float64"))
     else:

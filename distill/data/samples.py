@@ -31,7 +31,9 @@ def usable(v: Visit, require_procedures: bool = False) -> bool:
     return bool(v.diagnoses and v.medications and (v.procedures or not require_procedures))
 
 
-def build_samples(cohort: Cohort, protocol: str, require_procedures: bool = False) -> list[MedSample]:
+def build_samples(
+    cohort: Cohort, protocol: str, require_procedures: bool = False
+) -> list[MedSample]:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     out = []

@@ -106,7 +106,9 @@ def read_table(
         raise DataError(f"{path}: empty file (expected a CSV header line)") from None
 
 
-def parse_times(chunk: pd.DataFrame, column: str, path: Path, allow_empty: bool = False) -> pd.Series:
+def parse_times(
+    chunk: pd.DataFrame, column: str, path: Path, allow_empty: bool = False
+) -> pd.Series:
     """Parse a timestamp column to canonical 'YYYY-MM-DD HH:MM:SS' strings.
 
     Accepts MIMIC's '2164-10-23 21:09:00', Synthea's '2022-07-20T07:13:55Z' and bare dates. A

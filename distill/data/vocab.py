@@ -37,7 +37,9 @@ class Vocab:
         counts = Counter(tokens)
         counts.pop(PAD, None)
         counts.pop(UNK, None)
-        kept = sorted((t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], t))
+        kept = sorted(
+            (t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], t)
+        )
         return cls((PAD, UNK, *kept))
 
     def __len__(self) -> int:

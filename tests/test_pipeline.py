@@ -1,0 +1,181 @@
+"""The whole distill job on the embedded MIMIC-IV demo with a tiny Llama teacher built from a
+config (conftest.py; no download): data -> prompts -> teacher -> features -> students -> report.
+Plus `pocketrec distill` refusing a non-empty run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.config import DataConfig
+from distill.data import load_cohort
+from distill.data.samples import build_samples
+from distill.data.tensors import MedVocabs, TensorConfig, encode_samples
+from distill.evaluate import METRICS, MODELS, fold_indices
+from distill.metrics import jaccard
+from distill.run import RunConfig, quick_config, run_distill
+from distill.student import LeaderStudent, load_student
+from distill.teacher import TeacherConfig, load_features
+from distill.train import DistillConfig, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDS = 2
+RATES = ("jaccard", "f1", "prauc", "ddi_rate")
+FOLD_FILES = (
+    "features.safetensors",
+    "features.safetensors.json",
+    "student_kd.safetensors",
+    "student_nokd.safetensors",
+    "metrics.json",
+)
+# epochs of a tiny model end within a second, which trips the Trainer's mtime heuristic
+pytestmark = pytest.mark.filterwarnings("ignore:mtime may not be reliable")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, llama_dir):
+    """One run, shared by the tests below; one thread, as suits the tiny models on 2 cores."""
+    out = tmp_path_factory.mktemp("distill") / "run"
+    cfg = RunConfig(
+        data=DataConfig(source="mimic4-demo", folds=FOLDS),
+        teacher=TeacherConfig(backbone=llama_dir, epochs=1, max_length=64, batch_size=16),
+        tensors=TensorConfig(),
+        distill=DistillConfig(max_epochs=3, patience=2),
+    )
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # the teacher otherwise takes every core
+        torch.set_num_threads(1)
+        try:
+            report = run_distill(out, cfg)
+        finally:
+            torch.set_num_threads(threads)
+    return out, cfg, report
+
+
+@pytest.mark.slow
+def test_report(run):
+    out, _, returned = run
+    report = json.loads((out / "report.json").read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert report["domain"] == "medication"
+    assert report["source"] == "mimic4-demo"
+    assert report["protocol"] == "all-visits"
+    assert report["folds"] == FOLDS
+    assert set(report["models"]) == set(MODELS)
+    for name, m in report["models"].items():
+        for key in METRICS:
+            assert key in m and f"{key}_std" in m, (name, key)
+            assert m[f"{key}_std"] >= 0, (name, key)
+        for key in RATES:
+            assert 0.0 <= m[key] <= 1.0, (name, key)
+        assert m["avg_drugs"] >= 0.0
+    assert set(report["params"]) == {"teacher", "student"}
+    assert all(isinstance(v, int) and v > 0 for v in report["params"].values())
+    assert report["samples"] >= 10 and report["labels"] == len(
+        json.loads((out / "labels.json").read_text())
+    )
+    assert len(report["chosen_on_validation"]) == FOLDS
+    assert report["wall_s"]["total"] > 0
+
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for name in MODELS:
+        assert f"| {name} |" in md
+    assert (out / "config.json").is_file() and (out / "prompts.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_fold_folders(run):
+    out, _, _ = run
+    ids = [json.loads(line)["id"] for line in (out / "prompts.jsonl").read_text().splitlines()]
+    for fold in range(FOLDS):
+        fdir = out / f"fold{fold}"
+        for name in FOLD_FILES:
+            assert (fdir / name).is_file(), fdir / name
+        assert (fdir / "teacher").is_dir()
+        feats, probs, info = load_features(fdir / "features.safetensors", ids)
+        assert feats.shape == (len(ids), 32)  # the tiny Llama's hidden size
+        assert probs.shape[0] == len(ids) and np.isfinite(feats).all()
+        assert info["backbone"] == run[1].teacher.backbone
+        metrics = json.loads((fdir / "metrics.json").read_text())
+        assert set(metrics["test"]) == set(MODELS)
+        assert 1 <= len(metrics["kd_history"]) <= 3
+        assert all("kd" in row and "nce" in row for row in metrics["kd_history"])
+        assert all("kd" not in row for row in metrics["nokd_history"])
+
+
+@pytest.mark.slow
+def test_students_load_back_and_score(run):
+    out, cfg, _ = run
+    d = cfg.data
+    samples = build_samples(load_cohort(d.source, None, None), d.protocol)
+    vocabs = MedVocabs.load(out / "vocab")
+    arrays = encode_samples(samples, vocabs, cfg.tensors)
+    labels = json.loads((out / "labels.json").read_text())
+    for fold in range(FOLDS):
+        fdir = out / f"fold{fold}"
+        metrics = json.loads((fdir / "metrics.json").read_text())
+        _, _, te = fold_indices(samples, d.folds, fold, d.seed)
+        for name in ("student_kd", "student_nokd"):
+            model, scfg = load_student(fdir / f"{name}.safetensors")
+            assert isinstance(model, LeaderStudent) and not model.training
+            assert scfg.n_labels == len(labels) and scfg.dim == cfg.student_dim
+            scores = predict(model, arrays)
+            assert scores.shape == (len(samples), len(labels))
+            assert np.isfinite(scores).all()
+            # the saved weights are the ones the report measured
+            t = metrics["chosen_on_validation"][name]
+            got = jaccard(arrays["y"][te], scores[te] >= t)
+            assert got == pytest.approx(metrics["test"][name]["jaccard"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_second_run_without_force_is_refused(run):
+    out, cfg, _ = run
+    before = (out / "report.json").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="--force"):
+        run_distill(out, cfg)
+    assert (out / "report.json").stat().st_mtime_ns == before
+
+
+def test_quick_config_shortens_training_only():
+    cfg = RunConfig(
+        data=DataConfig(source="mimic4-demo", folds=3),
+        teacher=TeacherConfig(epochs=3, max_length=512),
+        tensors=TensorConfig(),
+        distill=DistillConfig(max_epochs=200, alpha=0.5),
+    )
+    quick = quick_config(cfg)
+    assert quick.teacher.epochs == 1 and quick.teacher.max_length <= 128
+    assert quick.distill.max_epochs <= 60 and quick.distill.alpha == 0.5
+    assert quick.data == cfg.data and quick.tensors == cfg.tensors
+    short = replace(cfg, teacher=replace(cfg.teacher, max_length=64))
+    assert quick_config(short).teacher.max_length == 64  # never lengthened
+    assert json.loads(json.dumps(quick.to_dict()))["teacher"]["epochs"] == 1
+
+
+def test_cli_refuses_a_non_empty_out_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "distill", "--source", "mimic4-demo",
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("pocketrec: error: distill:")
+    assert "not empty" in done.stderr and "--force" in done.stderr and str(out) in done.stderr
+    assert done.stdout == ""
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"

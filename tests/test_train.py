@@ -1,0 +1,208 @@
+"""Tests for distill.train: student training with and without feature KD, early stopping, and
+DistillConfig validation. Tiny synthetic arrays in the layout of distill.data.tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill.data.tensors import INPUT_NAMES
+from distill.metrics import prauc
+from distill.student import LeaderStudent, Projector, StudentConfig
+from distill.train import DistillConfig, _label_ids, predict, train_student
+
+N_LABELS = 4
+TEACHER_DIM = 24
+SCFG = StudentConfig(
+    n_diagnoses=12,
+    n_procedures=6,
+    n_medications=N_LABELS + 2,  # <pad>, <unk>, then one id per label
+    n_profile=5,
+    n_labels=N_LABELS,
+    dim=16,
+    heads=2,
+    visit_layers=1,
+    teacher_dim=TEACHER_DIM,
+    max_visits=3,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: one intra-op thread is fastest on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _arrays(n: int, seed: int, random_labels: bool = False) -> dict[str, np.ndarray]:
+    """Label j is on when diagnosis id 2 + j is in the current visit (or at random)."""
+    rng = np.random.default_rng(seed)
+    v = SCFG.max_visits
+    dx = rng.integers(2, SCFG.n_diagnoses, size=(n, v, 4))
+    px = rng.integers(0, SCFG.n_procedures, size=(n, v, 2))
+    med = rng.integers(0, SCFG.n_medications, size=(n, v, 3))
+    med[:, -1] = 0  # the current visit's drugs are the answer
+    n_visits = rng.integers(1, v + 1, size=n)
+    visit_mask = (np.arange(v)[None, :] >= (v - n_visits)[:, None]).astype(np.float32)
+    keep = visit_mask[..., None].astype(np.int64)
+    current = dx[:, -1]
+    y = np.stack([(current == 2 + j).any(1) for j in range(N_LABELS)], axis=1)
+    if random_labels:
+        y = rng.random((n, N_LABELS)) < 0.4
+    y[np.arange(n), rng.integers(N_LABELS, size=n)] |= ~y.any(1)  # at least one drug
+    return {
+        "dx": dx * keep,
+        "px": px * keep,
+        "med": med * keep,
+        "visit_mask": visit_mask,
+        "profile": rng.integers(0, SCFG.n_profile, size=(n, 2)),
+        "y": y.astype(np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _arrays(64, seed=0), _arrays(32, seed=1)
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = {"alpha": 0.0, "beta": 0.0, "lr": 5e-3, "batch_size": 16, "max_epochs": 4,
+            "patience": 50}  # fmt: skip
+    return DistillConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_distill_config_validation():
+    cfg = DistillConfig()
+    assert cfg.uses_teacher and cfg.to_dict()["alpha"] == 1.0
+    assert not DistillConfig(alpha=0.0, beta=0.5).uses_teacher
+    with pytest.raises(ValueError, match="alpha and beta"):
+        DistillConfig(alpha=-0.1)
+    with pytest.raises(ValueError, match="alpha and beta"):
+        DistillConfig(beta=-1.0)
+    for bad in ({"batch_size": 0}, {"max_epochs": 0}, {"patience": 0}):
+        with pytest.raises(ValueError, match="batch_size, max_epochs and patience"):
+            DistillConfig(**bad)
+    with pytest.raises(ValueError, match="lr"):
+        DistillConfig(lr=0.0)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_without_teacher(data):
+    train, val = data
+    seen = []
+    res = train_student(train, val, SCFG, _cfg(max_epochs=3), teacher=None, progress=seen.append)
+    assert isinstance(res.model, LeaderStudent) and not res.model.training
+    assert res.projector is None
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    assert seen == res.history
+    for row in res.history:
+        assert set(row) == {"epoch", "val_prauc", "bce"}  # no kd / nce terms at weight 0
+        assert 0.0 <= row["val_prauc"] <= 1.0 and row["bce"] > 0
+    assert res.seconds > 0
+    scores = predict(res.model, val)
+    assert scores.shape == (32, N_LABELS) and scores.dtype == np.float32
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_student_learns_the_synthetic_rule(data):
+    train, val = data
+    res = train_student(train, val, SCFG, _cfg(max_epochs=15))
+    assert res.best_val_prauc > res.history[0]["val_prauc"] + 0.2
+    assert res.history[-1]["bce"] < res.history[0]["bce"]
+
+
+def test_alpha_without_teacher_raises(data):
+    train, val = data
+    with pytest.raises(ValueError, match="teacher features"):
+        train_student(train, val, SCFG, _cfg(alpha=0.5), teacher=None)
+
+
+def test_offline_teacher_kd_loss_decreases(data):
+    train, val = data
+    feats = np.random.default_rng(7).normal(2.0, 3.0, size=(64, TEACHER_DIM)).astype(np.float16)
+    calls = []
+
+    def source(idx: np.ndarray) -> np.ndarray:
+        calls.append(np.asarray(idx).copy())
+        return feats[idx]
+
+    cfg = _cfg(alpha=1.0, beta=0.1, max_epochs=8, lr=1e-2)
+    res = train_student(train, val, SCFG, cfg, teacher=source)
+    assert isinstance(res.projector, Projector)
+    kd = [row["kd"] for row in res.history]
+    assert all("nce" in row and "bce" in row for row in res.history)
+    # random per-sample targets: the standardised MSE starts above 1 and falls slowly
+    assert kd[-1] < kd[0] - 0.1, kd
+    assert (np.diff(kd) < 0).sum() >= len(kd) - 2, kd  # falls (nearly) every epoch
+    # the first call reads every training sample (for standardisation), then batches
+    assert calls[0].tolist() == list(range(64))
+    batches = calls[1:]
+    assert all(len(b) <= cfg.batch_size for b in batches)
+    assert sorted(np.concatenate(batches[:4]).tolist()) == list(range(64))  # one epoch
+    assert len(batches) == 4 * len(res.history)
+
+
+def test_kd_training_is_reproducible(data):
+    train, val = data
+    feats = np.random.default_rng(3).normal(size=(64, TEACHER_DIM)).astype(np.float32)
+    cfg = _cfg(alpha=1.0, beta=0.1, max_epochs=2)
+    a = train_student(train, val, SCFG, cfg, teacher=lambda i: feats[i])
+    b = train_student(train, val, SCFG, cfg, teacher=lambda i: feats[i])
+    assert a.history == b.history
+    np.testing.assert_array_equal(predict(a.model, val), predict(b.model, val))
+
+
+def test_early_stopping_restores_the_best_epoch(data):
+    train, _ = data
+    val = _arrays(32, seed=5, random_labels=True)  # nothing to learn: PR-AUC just wanders
+    cfg = _cfg(max_epochs=60, patience=3, lr=2e-2)
+    res = train_student(train, val, SCFG, cfg)
+    history = [row["val_prauc"] for row in res.history]
+    assert len(history) < cfg.max_epochs  # patience ran out
+    assert len(history) == res.best_epoch + cfg.patience + 1
+    assert res.best_val_prauc == max(history) == history[res.best_epoch]
+    assert history[-1] < res.best_val_prauc  # the last epoch's weights were not kept
+    assert prauc(val["y"], predict(res.model, val)) == pytest.approx(res.best_val_prauc, abs=1e-9)
+
+
+def test_patience_counts_epochs_without_improvement(data):
+    train, val = data
+    # a learning rate so small the weights never change: validation PR-AUC never improves on
+    # epoch 0, so training ends after exactly `patience` more epochs
+    res = train_student(train, val, SCFG, _cfg(max_epochs=20, patience=2, lr=1e-12))
+    assert len(res.history) == 3 and res.best_epoch == 0
+    assert len({row["val_prauc"] for row in res.history}) == 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_predict_on_no_samples():
+    model = LeaderStudent(SCFG)
+    empty = {k: v[:0] for k, v in _arrays(4, seed=2).items()}
+    out = predict(model, empty)
+    assert out.shape == (0, N_LABELS)
+
+
+def test_predict_batches_agree_with_one_pass(data):
+    _, val = data
+    torch.manual_seed(0)
+    model = LeaderStudent(SCFG)
+    one = predict(model, val, batch_size=256)
+    np.testing.assert_allclose(predict(model, val, batch_size=5), one, atol=1e-6)
+    with torch.no_grad():
+        logits, _ = model(*(torch.from_numpy(val[k]) for k in INPUT_NAMES))
+    np.testing.assert_allclose(one, torch.sigmoid(logits).numpy(), atol=1e-6)
+
+
+def test_label_ids_are_medication_ids():
+    y = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert _label_ids(y).tolist() == [[3, 5], [0, 0], [2, 0]]
