@@ -1,0 +1,53 @@
+"""The student's weights as a plain `.npz` for the app's numpy fallback (no torch, no pickle).
+
+The archive holds every `state_dict` tensor under its `state_dict` name, as float32, and nothing
+else: the config travels in the bundle manifest. Non-persistent buffers (`med_to_label`) are not
+in the state dict; the runtime rebuilds them from the config.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.student import LeaderStudent, StudentConfig
+
+
+def numpy_state(model: LeaderStudent) -> dict[str, np.ndarray]:
+    """The model's state dict as float32 numpy arrays (copies, C-contiguous)."""
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in model.state_dict().items():
+        if not torch.is_floating_point(tensor):
+            raise TypeError(f"state_dict entry {name!r} is {tensor.dtype}, not a float tensor")
+        out[name] = np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
+    return out
+
+
+def save_numpy_weights(model: LeaderStudent, config: StudentConfig, path: Path) -> Path:
+    """Write `model`'s weights to `path` (an `.npz`), atomically; returns the path.
+
+    `config` must be the model's own config: it is what the manifest will describe, and the
+    numpy runtime rebuilds the network from it alone.
+    """
+    model_config = getattr(model, "config", None)
+    if model_config != config:
+        raise ValueError(
+            f"config does not match the model's own config: {config} != {model_config}"
+        )
+    arrays = numpy_state(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # a file object, not a name: np.savez would append ".npz" to a name
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
