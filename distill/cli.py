@@ -81,7 +81,92 @@ def _distill_config(args: argparse.Namespace):
         teacher=teacher,
         tensors=TensorConfig(),
         distill=DistillConfig(alpha=args.alpha, beta=args.beta, seed=args.seed),
+        online_kd=args.online_kd,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.from_run import export_run
+
+    report = export_run(Path(args.run), Path(args.out), preset=args.preset, force=args.force)
+    m = report["models"]["student_int8"]
+    print(f"bundle: {args.out}  int8 jaccard {m['jaccard']:.4f} prauc {m['prauc']:.4f}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    if args.domain != "medication":
+        return _fail(f"pipeline: domain {args.domain!r} is not built yet (medication only)")
+    from export.from_run import export_run
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        return _fail(f"pipeline: {out} is not empty; pass --force to replace it")
+    args.out = str(out / "run")
+    rc = cmd_distill(args)
+    if rc:
+        return rc
+    export_run(out / "run", out / "bundle", preset=args.preset, force=args.force)
+    print(f"bundle: {out / 'bundle'}")
+    return 0
+
+
+def default_bundle() -> Path:
+    from distill.data.codes import assets_dir  # standard library only
+
+    return assets_dir() / "bundles" / "medication-demo"
+
+
+def _codes(text: str | None) -> list[str]:
+    return [c.strip() for c in (text or "").split(",") if c.strip()]
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    # app-only install: numpy and onnxruntime at most, no pandas, no torch
+    from app.runtime import BundleError, Recommender, load_bundle
+
+    try:
+        bundle = load_bundle(Path(args.bundle) if args.bundle else default_bundle())
+    except BundleError as e:
+        return _fail(str(e))
+    history = []
+    if args.history:
+        try:
+            data = json.loads(Path(args.history).read_text(encoding="utf-8"))
+            history = [
+                (v.get("diagnoses", []), v.get("procedures", []), v.get("medications", []))
+                for v in data
+            ]
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            return _fail(
+                f"{args.history}: cannot read the history ({e}); expected a JSON list of "
+                '{"diagnoses": [...], "procedures": [...], "medications": [...]}, oldest first'
+            )
+    profile = [tuple(p.split("=", 1)) for p in _codes(args.profile) if "=" in p]
+    dx = _codes(args.dx)
+    if not dx:
+        return _fail("recommend: --dx needs at least one diagnosis code, e.g. icd9cm:4019")
+    rec = Recommender(bundle, backend=args.backend).recommend(
+        dx, _codes(args.px), history=history, profile=profile, top_k=args.top
+    )
+    out = {
+        "bundle": bundle.manifest["name"],
+        "backend": rec.backend,
+        "drugs": rec.drugs,
+        "ddi": [list(p) for p in rec.ddi],
+        "unknown_codes": list(rec.unknown_codes),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        for d in rec.drugs:
+            mark = "*" if d["suggested"] else " "
+            print(f"{mark} {d['code']}  {d['probability']:.3f}  {d['name']}")
+        for p in rec.ddi:
+            print(f"! interaction: {p[0]} + {p[1]}")
+        if rec.unknown_codes:
+            print(f"unknown codes (not in the bundle's vocabulary): {', '.join(rec.unknown_codes)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,9 +219,40 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(
         "--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA"
     )
+    ds.add_argument(
+        "--online-kd",
+        action="store_true",
+        help="ask the live teacher for features batch by batch instead of the cache",
+    )
     ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
     ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ds.set_defaults(func=cmd_distill)
+
+    ex = sub.add_parser("export", help="a distill run -> int8 ONNX with parity gates -> a bundle")
+    ex.add_argument("--run", required=True, help="folder of a finished `pocketrec distill` run")
+    ex.add_argument("--out", required=True, help="bundle folder to write")
+    ex.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("pipeline", help="distill + export end to end")
+    pl.add_argument("--domain", default="medication", choices=["medication", "news"])
+    for action in ds._actions:  # the distill options, unchanged
+        if action.dest not in ("help",) and action.option_strings:
+            pl._add_action(action)
+    pl.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    pl.set_defaults(func=cmd_pipeline)
+
+    rc = sub.add_parser("recommend", help="score one visit with a bundle (needs only the app extra)")
+    rc.add_argument("--bundle", help="bundle folder (default: the shipped medication demo)")
+    rc.add_argument("--dx", required=True, help="diagnosis codes, comma-separated (icd9cm:4019,...)")
+    rc.add_argument("--px", help="procedure codes, comma-separated (icd9pcs:3893,...)")
+    rc.add_argument("--history", help="JSON file: earlier visits, oldest first")
+    rc.add_argument("--profile", help="profile fields, e.g. gender=F,age_band=70-79")
+    rc.add_argument("--top", type=int, default=10, help="how many drug classes to list")
+    rc.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "numpy"])
+    rc.add_argument("--json", action="store_true", help="print one JSON object")
+    rc.set_defaults(func=cmd_recommend)
     return p
 
 

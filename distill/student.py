@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
 
 FORMAT = "pocketrec-leader-student/1"
 MASK_VALUE = -1e4
@@ -54,6 +55,10 @@ class StudentConfig:
     dropout: float = 0.1
     teacher_dim: int = 384
     max_visits: int = 10
+    # learned per-drug weights on "was it given last visit / how often before": on ICU data
+    # repeating the previous visit's drugs is a strong baseline the model should not have to
+    # rediscover from embeddings
+    repeat_head: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_diagnoses", "n_procedures", "n_medications", "n_profile"):
@@ -83,6 +88,8 @@ class StudentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> StudentConfig:
         known = {f.name for f in fields(cls)}
+        # files written before the repeat head existed describe a model without one
+        data = {"repeat_head": False, **data}
         extra = sorted(set(data) - known)
         if extra:
             raise ValueError(f"unknown StudentConfig fields: {', '.join(extra)}")
@@ -170,6 +177,14 @@ class LeaderStudent(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, c.n_labels)
         )
+        if c.repeat_head:
+            # label l is medication id l + 2: a fixed table turns history ids into multi-hots
+            table = torch.zeros(c.n_medications, c.n_labels)
+            n = min(c.n_medications - 2, c.n_labels)
+            table[2 : 2 + n, :n] = torch.eye(n)
+            self.register_buffer("med_to_label", table, persistent=False)
+            self.repeat_last = nn.Parameter(torch.zeros(c.n_labels))
+            self.repeat_mean = nn.Parameter(torch.zeros(c.n_labels))
 
     def _code_set(self, ids: Tensor, offset: int) -> Tensor:
         """ids [..., N] -> masked mean of the shared embeddings [..., D]."""
@@ -211,7 +226,18 @@ class LeaderStudent(nn.Module):
         x = self.ln_f(x)
 
         features = self.feature(torch.cat([x[:, -1], x[:, 0]], dim=-1))
-        return self.head(features), features
+        logits = self.head(features)
+        if self.config.repeat_head:
+            logits = logits + self._repeat_logits(med, mask)
+        return logits, features
+
+    def _repeat_logits(self, med: Tensor, mask: Tensor) -> Tensor:
+        """Per-drug weights times (in the previous visit, share of earlier visits)."""
+        hot = F.embedding(med, self.med_to_label).amax(dim=2)  # [B, V, L]; pad rows are zero
+        # shift by one slot so that slot V-1 holds the previous visit for any V >= 1
+        hist = torch.cat([torch.zeros_like(hot[:, :1]), hot[:, :-1]], dim=1)
+        n_hist = (mask.sum(dim=1, keepdim=True) - 1.0).clamp(min=1.0)  # current visit excluded
+        return self.repeat_last * hist[:, -1] + self.repeat_mean * hist.sum(dim=1) / n_hist
 
 
 class Projector(nn.Module):
