@@ -15,10 +15,12 @@ optionally, onnxruntime. It never imports torch, safetensors, pandas, `distill` 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.json"
 LABELS_FILE = "labels.json"
 DDI_FILE = "ddi.json"
-TITLES_FILE = "titles.json"
+TITLES_FILE = "titles.json.gz"  # the largest side file: gzip keeps the bundle under 1 MB
 
 # the positional order of the student's forward and of the ONNX graph's inputs
 INPUT_NAMES = ("dx", "px", "med", "visit_mask", "profile")
@@ -307,8 +309,11 @@ def _verify_files(folder: Path, manifest: dict) -> dict[str, str]:
 
 def _read_json(folder: Path, name: str) -> Any:
     try:
-        return json.loads((folder / name).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = (folder / name).read_bytes()
+        if name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise BundleError(f"{name}: not valid JSON ({e})") from None
 
 

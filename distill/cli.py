@@ -243,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
     pl.set_defaults(func=cmd_pipeline)
 
-    rc = sub.add_parser("recommend", help="score one visit with a bundle (needs only the app extra)")
+    rc = sub.add_parser("recommend", help="score one visit with a bundle (app extra only)")
     rc.add_argument("--bundle", help="bundle folder (default: the shipped medication demo)")
-    rc.add_argument("--dx", required=True, help="diagnosis codes, comma-separated (icd9cm:4019,...)")
+    rc.add_argument("--dx", required=True, help="diagnosis codes, comma-separated: icd9cm:4019,...")
     rc.add_argument("--px", help="procedure codes, comma-separated (icd9pcs:3893,...)")
     rc.add_argument("--history", help="JSON file: earlier visits, oldest first")
     rc.add_argument("--profile", help="profile fields, e.g. gender=F,age_band=70-79")

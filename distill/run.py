@@ -38,6 +38,7 @@ class RunConfig:
     student_dim: int = 64
     student_layers: int = 2
     prompt_max_items: int | None = 4  # per past-visit list, so history fits the teacher window
+    online_kd: bool = False  # True: the live teacher gives features batch by batch (no cache)
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +49,7 @@ class RunConfig:
             "student_dim": self.student_dim,
             "student_layers": self.student_layers,
             "prompt_max_items": self.prompt_max_items,
+            "online_kd": self.online_kd,
         }
 
 
@@ -171,7 +173,6 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             )
             feats, probs, _ = tch.load_features(fpath)
         params["teacher"] = sum(p.numel() for p in model.parameters())
-        del model
 
         scfg = StudentConfig.from_vocabs(
             vocabs,
@@ -181,10 +182,16 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             max_visits=cfg.tensors.max_visits,
         )
         train_a, val_a = _subset(arrays, tr), _subset(arrays, va)
+        if cfg.online_kd:
+            train_texts = [texts[i] for i in tr]
+
+            def teacher_source(i, m=model, tok=tokenizer, t=train_texts):
+                return tch.pooled_features(m, tok, [t[j] for j in i])
+        else:
+            teacher_source = lambda i, f=feats[tr]: f[i]  # noqa: E731
         with clock("student_kd"):
-            kd = train_student(
-                train_a, val_a, scfg, cfg.distill, teacher=lambda i, f=feats[tr]: f[i]
-            )
+            kd = train_student(train_a, val_a, scfg, cfg.distill, teacher=teacher_source)
+        del model
         with clock("student_nokd"):
             nokd = train_student(train_a, val_a, scfg, replace(cfg.distill, alpha=0.0, beta=0.0))
         save_student(kd.model, scfg, fdir / "student_kd.safetensors")

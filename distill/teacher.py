@@ -693,6 +693,20 @@ def predict_proba(
     return probs
 
 
+def pooled_features(
+    model: TeacherModel, tokenizer: Any, texts: Sequence[str], batch_size: int = 32
+) -> np.ndarray:
+    """Pooled hidden states ``[len(texts), hidden]`` (float32), in input order, uncached.
+
+    This is the online-KD path: the student asks the live teacher for each batch's features
+    instead of reading them from the cache that `extract_features` writes.
+    """
+    feats = np.zeros((len(texts), model.hidden_size), dtype=np.float32)
+    for pos, pooled, _ in _run_batches(model, tokenizer, texts, batch_size):
+        feats[pos] = pooled.numpy()
+    return feats
+
+
 def _ids_hash(sample_ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(sample_ids)).encode()).hexdigest()
 

@@ -1,9 +1,10 @@
 """The bundle: the one directory the app needs, every file hash-checked by the manifest.
 
 ```
-manifest.json  model.int8.onnx  weights.npz  vocab.json  labels.json  ddi.json  titles.json  card.md
+manifest.json  model.int8.onnx  weights.npz  vocab.json  labels.json  ddi.json  titles.json.gz
+card.md
 ```
-`weights.npz` carries the fp32 student for the numpy fallback of builds without onnxruntime.
+`weights.npz` carries the student (float16) for the numpy fallback of builds without onnxruntime.
 The bundle is written into a temporary sibling directory and renamed into place, so a reader
 never sees half a bundle.
 """
@@ -11,6 +12,7 @@ never sees half a bundle.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import os
@@ -31,8 +33,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, obj, compact: bool = True) -> None:
+    # compact: the bundle is sized for devices; the manifest stays readable
+    text = (
+        json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        if compact
+        else json.dumps(obj, indent=1, ensure_ascii=False)
+    )
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def model_card(manifest: dict, labels: list[dict]) -> str:
@@ -110,6 +118,7 @@ def write_bundle(
     teacher: dict,
     data: dict,
     parity: dict,
+    weights_dtype: str = "float32",
     force: bool = False,
 ) -> Path:
     """Write a complete bundle to `out_dir` (replacing it only with `force`)."""
@@ -124,7 +133,9 @@ def write_bundle(
         _write_json(tmp / "vocab.json", vocab)
         _write_json(tmp / "labels.json", labels)
         _write_json(tmp / "ddi.json", ddi)
-        _write_json(tmp / "titles.json", titles)
+        (tmp / "titles.json.gz").write_bytes(
+            gzip.compress(json.dumps(titles, separators=(",", ":")).encode("utf-8"), mtime=0)
+        )
         manifest = {
             "format": BUNDLE_FORMAT,
             "domain": "medication",
@@ -132,6 +143,7 @@ def write_bundle(
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "model": {**model_info, "file": MODEL_FILE},
             "numpy_weights": WEIGHTS_FILE,
+            "numpy_weights_dtype": weights_dtype,
             "student_config": student_config,
             "tensor_config": tensor_config,
             "threshold": threshold,
@@ -145,7 +157,7 @@ def write_bundle(
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {f: sha256_file(tmp / f) for f in files}
         manifest["vocab_sha256"] = manifest["files"]["vocab.json"]
-        _write_json(tmp / "manifest.json", manifest)
+        _write_json(tmp / "manifest.json", manifest, compact=False)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -77,9 +77,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             _tr, va, te = ev.fold_indices(samples, d.folds, fold, d.seed)
             test = {k: v[te] for k, v in arrays.items()}
             probs = _ort_probs(int8, test)
-            per_fold.append(
-                ev.medication_scores(y[te], probs, probs >= threshold, ddi_idx)
-            )
+            per_fold.append(ev.medication_scores(y[te], probs, probs >= threshold, ddi_idx))
             if fold == 0:
                 parity = parity_report(model, fp32, int8, test, y[te], threshold, ddi_idx)
                 shipped = (model, scfg, int8, threshold, info, qinfo)
@@ -93,7 +91,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
 
         model, scfg, int8, threshold, info, qinfo = shipped
         weights = tmp / "weights.npz"
-        save_numpy_weights(model, scfg, weights)
+        save_numpy_weights(model, scfg, weights, dtype="float16")
         label_rows = [{"code": c, "name": codes.title(c)} for c in labels]
         index = set(labels)
         ddi = [[a, b] for a, b in sorted(codes.ddi_pairs()) if a in index and b in index]
@@ -120,7 +118,16 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             student_config=scfg.to_dict(),
             tensor_config=cfg["tensors"],
             threshold=threshold,
-            model_info={**info, "quantization": qinfo},
+            model_info={
+                "opset": info["opset"],
+                "inputs": [i["name"] for i in info["inputs"]],
+                "outputs": [o["name"] for o in info["outputs"]],
+                "input_specs": info["inputs"],
+                "output_specs": info["outputs"],
+                "ops": info.get("ops"),
+                "fp32_bytes": info.get("bytes"),
+                "quantization": qinfo,
+            },
             metrics=report["models"],
             params=report["params"],
             teacher=report["teacher"],
@@ -132,6 +139,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
                 "shipped_fold": 0,
             },
             parity=parity,
+            weights_dtype="float16",
             force=force,
         )
     write_json_atomic(run_dir / "export.json", {"bundle": str(out_dir), "preset": preset})

@@ -27,7 +27,9 @@ def numpy_state(model: LeaderStudent) -> dict[str, np.ndarray]:
     return out
 
 
-def save_numpy_weights(model: LeaderStudent, config: StudentConfig, path: Path) -> Path:
+def save_numpy_weights(
+    model: LeaderStudent, config: StudentConfig, path: Path, dtype: str = "float32"
+) -> Path:
     """Write `model`'s weights to `path` (an `.npz`), atomically; returns the path.
 
     `config` must be the model's own config: it is what the manifest will describe, and the
@@ -38,14 +40,17 @@ def save_numpy_weights(model: LeaderStudent, config: StudentConfig, path: Path) 
         raise ValueError(
             f"config does not match the model's own config: {config} != {model_config}"
         )
-    arrays = numpy_state(model)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    # float16 halves the bundle; the runtime computes in float32 either way
+    arrays = {k: v.astype(dtype) for k, v in numpy_state(model).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # a file object, not a name: np.savez would append ".npz" to a name
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez_compressed(f, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

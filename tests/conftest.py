@@ -98,3 +98,12 @@ def bert_dir(tmp_path_factory) -> str:
     from distill.teacher import resolve_backbone
 
     return resolve_backbone(str(build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A verified medication bundle with real ICD-9 titles and ATC3 names (random weights);
+    see tests/bundle_factory.py."""
+    from bundle_factory import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle") / "bundle")

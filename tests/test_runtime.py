@@ -9,6 +9,7 @@ A tiny bundle is built by hand: a small LeaderStudent with random weights export
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import math
@@ -141,10 +142,11 @@ def build_bundle(folder: Path, model: LeaderStudent, onnx_path: Path, threshold=
         # A01X-A02X and A01X-B03X interact, plus a ring over the N group
         "ddi.json": [["A01X", "A02X"], ["B03X", "A01X"]]
         + [[f"N0{i}X", f"N0{i % 4 + 1}X"] for i in range(1, 5)],
-        "titles.json": {c: f"title of {c}" for c in (*DX, *PX)},
     }
     for name, obj in side.items():
         (folder / name).write_text(json.dumps(obj, indent=1), encoding="utf-8")
+    titles = {c: f"title of {c}" for c in (*DX, *PX)}
+    (folder / "titles.json.gz").write_bytes(gzip.compress(json.dumps(titles).encode("utf-8")))
     (folder / "card.md").write_text("# Model card: test bundle\n", encoding="utf-8")
     files = {p.name: sha256(p) for p in sorted(folder.iterdir())}
     manifest = {
@@ -337,6 +339,24 @@ def test_backends_match_torch(built):
         assert abs(lift[0]) > 0.5
 
 
+def test_float16_numpy_weights_stay_close_to_onnxruntime(built, tmp_path):
+    """The shipped bundle stores the numpy fallback's weights as float16 to halve its size."""
+    model, folder = built
+    bundle = load_bundle(folder)
+    half = tmp_path / "weights16.npz"
+    save_numpy_weights(model, model.config, half, dtype="float16")
+    assert half.stat().st_size < 0.6 * (folder / "weights.npz").stat().st_size
+    engine = NumpyBackend(half, bundle.manifest["student_config"])
+    ort_rec = Recommender(bundle, backend="onnxruntime")
+    inputs = random_batch(model.config, b=8, v=6, seed=3)
+    got, want = engine.run(inputs), ort_rec.logits(inputs)
+    assert float(np.abs(got - want).max()) < 2e-2
+    # the ranking a clinician sees is the same
+    assert (np.argsort(-got, axis=1)[:, :5] == np.argsort(-want, axis=1)[:, :5]).mean() > 0.95
+    with pytest.raises(ValueError, match="dtype"):
+        save_numpy_weights(model, model.config, half, dtype="int8")
+
+
 def test_numpy_features_match_torch(built):
     model, folder = built
     bundle = load_bundle(folder)
@@ -461,7 +481,14 @@ def test_unknown_format_is_refused(copy):
 
 def test_required_file_missing_from_the_list_is_refused(copy):
     manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
-    for name in (MODEL_FILE, "weights.npz", "vocab.json", "labels.json", "ddi.json", "titles.json"):
+    for name in (
+        MODEL_FILE,
+        "weights.npz",
+        "vocab.json",
+        "labels.json",
+        "ddi.json",
+        "titles.json.gz",
+    ):
         files = {k: v for k, v in manifest["files"].items() if k != name}
         edit_manifest(copy, files=files)
         with pytest.raises(BundleError, match=rf"{name}.*not listed"):

@@ -27,6 +27,7 @@ from distill.teacher import (
     load_features,
     load_teacher,
     pool_hidden,
+    pooled_features,
     predict_proba,
     resolve_backbone,
     train_teacher,
@@ -272,6 +273,18 @@ def test_stale_shards_are_discarded(tmp_path, bert_dir):
     extract_features(model, model.tokenizer, other, list("abcdef"), out, shard_size=4)
     _, probs, _ = load_features(out)
     np.testing.assert_allclose(probs, predict_proba(model, model.tokenizer, other), atol=2e-3)
+
+
+def test_online_features_equal_the_cached_ones(tmp_path, bert_dir):
+    """Online KD asks the live teacher; it must see what the offline cache holds (up to fp16)."""
+    model = TeacherModel.from_config(_cfg(bert_dir), N_LABELS).eval()
+    texts, _ = synthetic(7, seed=7)
+    out = tmp_path / "f.safetensors"
+    extract_features(model, model.tokenizer, texts, [f"s{i}" for i in range(7)], out)
+    cached, _, _ = load_features(out)
+    live = pooled_features(model, model.tokenizer, texts[2:5], batch_size=2)
+    np.testing.assert_allclose(live, cached[2:5], atol=2e-3)
+    assert live.shape == (3, model.hidden_size)
 
 
 # --------------------------------------------------------------------------- MiniLM

@@ -1,0 +1,27 @@
+"""The CLI module itself needs no heavy library: an `app`-only install (no pandas, no torch)
+must still start `pocketrec` and reach the commands that do not train."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BLOCK = """
+import sys
+for name in ("pandas", "torch", "transformers", "peft", "optimum", "safetensors"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+from distill.cli import build_parser, main
+parser = build_parser()
+assert {"data", "distill"} <= set(parser._subparsers._group_actions[0].choices)
+try:
+    main(["--help"])
+except SystemExit as e:
+    assert e.code == 0
+print("light-ok")
+"""
+
+
+def test_cli_starts_without_pandas_or_torch():
+    r = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "light-ok" in r.stdout
