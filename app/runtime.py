@@ -470,6 +470,30 @@ def _put(row: np.ndarray, vocab: dict[str, int], codes: Sequence[str], unknown: 
         row[j] = i
 
 
+def trim_padding(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop the all-pad leading visit slots and the all-pad trailing code columns of a batch.
+
+    The student is exactly invariant to such padding (slots are indexed by distance from the
+    current visit; pads are masked), so this changes no output, only the work: most patients
+    have far fewer than `max_visits` visits and codes than the caps.
+    """
+    mask = inputs["visit_mask"]
+    used = np.flatnonzero(mask.any(axis=0))
+    first = int(used[0]) if used.size else mask.shape[1] - 1
+    out = {"visit_mask": mask[:, first:], "profile": inputs["profile"]}
+    for name in ("dx", "px", "med"):
+        ids = inputs[name][:, first:]
+        cols = np.flatnonzero((ids != PAD_ID).any(axis=(0, 1)))
+        width = int(cols[-1]) + 1 if cols.size else 1
+        out[name] = np.ascontiguousarray(ids[:, :, :width])
+    cols = np.flatnonzero((inputs["profile"] != PAD_ID).any(axis=0))
+    out["profile"] = np.ascontiguousarray(
+        inputs["profile"][:, : int(cols[-1]) + 1 if cols.size else 1]
+    )
+    out["visit_mask"] = np.ascontiguousarray(out["visit_mask"])
+    return out
+
+
 def encode_visit(
     bundle: Bundle,
     diagnoses: Sequence[str],
@@ -875,11 +899,11 @@ class Recommender:
         return encode_visit(self.bundle, diagnoses, procedures, history, profile)
 
     def logits(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.engine.run(inputs)
+        return self.engine.run(trim_padding(inputs))
 
     def scores(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Probabilities [B, n_labels] (sigmoid of the logits), float32."""
-        return sigmoid(self.engine.run(inputs))
+        return sigmoid(self.logits(inputs))
 
     def recommend(
         self,

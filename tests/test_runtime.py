@@ -34,6 +34,7 @@ from app.runtime import (
     encode_visit,
     erf,
     load_bundle,
+    trim_padding,
 )
 from distill.data import tensors as dt
 from distill.data.vocab import Vocab
@@ -584,3 +585,19 @@ def test_ort_backend_names_a_model_it_cannot_load(tmp_path):
     bad.write_bytes(b"\x08\x07 not an onnx graph")
     with pytest.raises(BundleError, match=MODEL_FILE):
         OrtBackend(bad)
+
+
+def test_trimming_padding_changes_no_output(built):
+    model, folder = built
+    bundle = load_bundle(folder)
+    engine = Recommender(bundle, backend="onnxruntime").engine
+    rng = np.random.default_rng(5)
+    for n_history in (0, 1, 3):
+        dx, px, history, profile = random_visit(rng, n_history)
+        inputs = encode_visit(bundle, dx, px, history, profile)[0]
+        trimmed = trim_padding(inputs)
+        assert trimmed["visit_mask"].shape[1] == n_history + 1
+        assert trimmed["dx"].shape[2] <= inputs["dx"].shape[2]
+        np.testing.assert_allclose(engine.run(trimmed), engine.run(inputs), atol=1e-5)
+    batch = random_batch(model.config, b=4, v=6, seed=9)
+    np.testing.assert_allclose(engine.run(trim_padding(batch)), engine.run(batch), atol=1e-5)
