@@ -1,0 +1,327 @@
+"""MIND reader, time split and generator. MIND itself is never used: every file here is either
+written by `generate_mind` or by hand in a temporary folder."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distill.data.mind import (
+    UNLABELED,
+    NewsItem,
+    format_behavior_line,
+    format_mind_time,
+    generate_mind,
+    load_mind,
+    parse_behavior_line,
+    parse_mind_time,
+    read_behaviors,
+    read_news,
+    time_split,
+)
+from distill.data.records import Impression
+from distill.data.tables import DataError
+
+NEWS = (
+    'N1\tsports\tfootball\tCoach says "we\'ll win" again\tAn abstract.\thttps://x/1\t[]\t[]\n'
+    "N2\tfinance\tmarkets\tStocks fall\t\thttps://x/2\t\t\n"
+    "N3\tfood\trecipes\tPasta 'al dente'\tShort one\n"
+)
+BEHAVIORS = (
+    "1\tU1\t11/11/2019 9:05:58 AM\t\tN1-1 N2-0\n"
+    "2\tU2\t11/12/2019 12:00:01 PM\tN3 N1\tN2-0 N3-0 N1-1\n"
+    "3\tU1\t11/13/2019 12:15:00 AM\tN1\tN3-1\n"
+)
+
+
+def _write(folder: Path, news: str = NEWS, behaviors: str = BEHAVIORS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "news.tsv").write_text(news, encoding="utf-8")
+    (folder / "behaviors.tsv").write_text(behaviors, encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------------------- generated data
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    return generate_mind(tmp_path_factory.mktemp("mind"))
+
+
+def test_generated_round_trip(generated):
+    data = load_mind(generated)
+    assert len(data.items) == 300 and len(data.impressions) == 2000
+    r = data.report
+    assert (r.news_rows, r.behavior_rows, r.impressions) == (300, 2000, 2000)
+    assert r.unknown_history_ids == 0 and r.unknown_candidate_ids == 0 and not r.skipped
+    assert r.empty_histories == 10  # 1 user in 20 starts cold
+    assert len({i.user_id for i in data.impressions}) == 200
+    assert len({it.category for it in data.items.values()}) == 8
+    assert any('"' in it.title for it in data.items.values())  # quotes survive
+    for imp in data.impressions:
+        assert len(imp.candidates) == 5 == len(set(imp.candidates))
+        assert sorted(imp.labels) == [0, 0, 0, 0, 1]  # exactly one click
+        assert set(imp.history) <= set(data.items)
+        assert len(set(imp.history)) == len(imp.history)
+
+
+def test_generated_histories_are_past_clicks_oldest_first(generated):
+    data = load_mind(generated)
+    times = [i.time for i in data.impressions]
+    assert times == sorted(times) and len(set(times)) == len(times)  # times increase
+    last: dict[str, Impression] = {}
+    for imp in data.impressions:
+        before = last.get(imp.user_id)
+        if before is not None:
+            clicked = before.candidates[before.labels.index(1)]
+            assert imp.history == (*before.history, clicked)[-50:]
+        last[imp.user_id] = imp
+
+
+def test_generated_data_is_learnable(generated):
+    """Scoring a candidate by how many history items share its topic beats chance (1 in 5)."""
+    data = load_mind(generated)
+    hits = n = 0
+    for imp in data.impressions:
+        if not imp.history:
+            continue
+        topics = [data.items[h].category for h in imp.history]
+        scores = [topics.count(data.items[c].category) for c in imp.candidates]
+        best = max(range(len(scores)), key=lambda j: (scores[j], -j))
+        hits += imp.labels[best] == 1
+        n += 1
+    assert hits / n > 0.6
+
+
+def test_generator_is_deterministic(tmp_path):
+    a = generate_mind(tmp_path / "a", n_users=20, n_items=40, n_impressions=100, seed=3)
+    b = generate_mind(tmp_path / "b", n_users=20, n_items=40, n_impressions=100, seed=3)
+    c = generate_mind(tmp_path / "c", n_users=20, n_items=40, n_impressions=100, seed=4)
+    for name in ("news.tsv", "behaviors.tsv", "generator.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "behaviors.tsv").read_bytes() != (c / "behaviors.tsv").read_bytes()
+
+
+def test_generator_arguments(tmp_path):
+    data = load_mind(generate_mind(tmp_path, n_users=5, n_items=9, n_impressions=40, negatives=8))
+    assert all(sorted(i.candidates) == sorted(data.items) for i in data.impressions)
+    with pytest.raises(ValueError, match="n_items"):
+        generate_mind(tmp_path / "x", n_items=4)
+
+
+# ------------------------------------------------------------------------------ hand-written
+
+
+def test_hand_written_files(tmp_path):
+    data = load_mind(_write(tmp_path))
+    assert data.items["N1"] == NewsItem(
+        "N1", "sports", "football", 'Coach says "we\'ll win" again', "An abstract."
+    )
+    assert data.items["N2"].abstract == ""
+    assert data.items["N3"].title == "Pasta 'al dente'"  # a 5-field row
+    assert data.impressions == [
+        Impression("1", "U1", "2019-11-11 09:05:58", (), ("N1", "N2"), (1, 0)),
+        Impression("2", "U2", "2019-11-12 12:00:01", ("N3", "N1"), ("N2", "N3", "N1"), (0, 0, 1)),
+        Impression("3", "U1", "2019-11-13 00:15:00", ("N1",), ("N3",), (1,)),
+    ]
+    assert data.report.empty_histories == 1
+
+
+def test_crlf_blank_lines_bom_and_gzip(tmp_path):
+    body = "\ufeff" + BEHAVIORS.replace("\n", "\r\n") + "\r\n"
+    _write(tmp_path, behaviors=body)
+    with gzip.open(tmp_path / "news.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write(NEWS)
+    (tmp_path / "news.tsv").unlink()
+    data = load_mind(tmp_path)
+    assert [i.impression_id for i in data.impressions] == ["1", "2", "3"]
+    assert data.report.blank_lines == 1 and data.report.news_file.endswith("news.tsv.gz")
+
+
+def test_unknown_history_ids_are_dropped_and_counted(tmp_path):
+    behaviors = "1\tU1\t11/11/2019 9:05:58 AM\tN9 N1 N8 N9\tN1-1 N2-0\n"
+    data = load_mind(_write(tmp_path, behaviors=behaviors))
+    assert data.impressions[0].history == ("N1",)
+    r = data.report
+    assert r.unknown_history_ids == 3 and r.impressions_with_unknown_history == 1
+    assert r.unknown_examples == {"N9": 2, "N8": 1}
+
+
+def test_unknown_candidates_skip_the_impression(tmp_path):
+    behaviors = BEHAVIORS + "4\tU3\t11/14/2019 1:00:00 PM\tN1\tN1-0 N7-1\n"
+    data = load_mind(_write(tmp_path, behaviors=behaviors))
+    assert [i.impression_id for i in data.impressions] == ["1", "2", "3"]
+    assert data.report.skipped == {"candidate not in news.tsv": 1}
+    assert data.report.unknown_candidate_ids == 1 and data.report.behavior_rows == 4
+
+
+def test_unlabeled_impressions_are_opt_in(tmp_path):
+    behaviors = "1\tU1\t11/11/2019 9:05:58 AM\tN3\tN1 N2\n"
+    _write(tmp_path, behaviors=behaviors)
+    with pytest.raises(DataError, match=r"behaviors\.tsv: line 1: .*allow_unlabeled=True"):
+        load_mind(tmp_path)
+    data = load_mind(tmp_path, allow_unlabeled=True)
+    assert data.impressions[0].labels == (UNLABELED, UNLABELED)
+    assert data.report.unlabeled_impressions == 1
+
+
+def test_impression_without_click_is_kept_and_counted(tmp_path):
+    data = load_mind(_write(tmp_path, behaviors="1\tU1\t11/11/2019 9:05:58 AM\t\tN1-0 N2-0\n"))
+    assert data.impressions[0].labels == (0, 0)
+    assert data.report.impressions_without_click == 1
+
+
+GOOD_ROW = "1\tU1\t11/11/2019 9:05:58 AM\tN1\tN1-1 N2-0\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\n", "4 tab-separated fields, expected 5"),
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\tN1-1\tx\n", "6 tab-separated fields, expected 5"),
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\tN1-2 N2-0\n", "'N1-2', expected id-label"),
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\tN1-yes\n", "'N1-yes', expected id-label"),
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\t-1\n", "'-1', expected id-label"),
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\tN1 N2-0\n", "'N1' has no label"),
+        ("2\tU1\t2019-11-11 09:05:58\tN1\tN1-1\n", "expected a time such as"),
+        ("2\tU1\t13/11/2019 9:05:58 AM\tN1\tN1-1\n", "expected a time such as"),
+        ("2\tU1\t11/11/2019 13:05:58 PM\tN1\tN1-1\n", "expected a time such as"),
+        ("2\tU1\t11/11/2019 9:05:58 AM\tN1\t \n", "no impressions"),
+        ("2\t\t11/11/2019 9:05:58 AM\tN1\tN1-1\n", "user id is '', expected a non-empty id"),
+        ("1\tU2\t11/11/2019 9:05:58 AM\tN1\tN1-1\n", "duplicate impression id 1 .first on line 1"),
+    ],
+)
+def test_malformed_behaviors_name_file_and_line(tmp_path, row, expected):
+    _write(tmp_path, behaviors=GOOD_ROW + row)
+    with pytest.raises(DataError, match=rf"behaviors\.tsv: line 2: .*{expected}"):
+        load_mind(tmp_path)
+
+
+def test_mixed_labels_are_an_error_even_when_unlabeled_is_allowed(tmp_path):
+    _write(tmp_path, behaviors=GOOD_ROW + "2\tU1\t11/11/2019 9:05:58 AM\t\tN1 N2-0\n")
+    with pytest.raises(DataError, match=r"behaviors\.tsv: line 2: labeled and unlabeled"):
+        load_mind(tmp_path, allow_unlabeled=True)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ("N1\tsports\tfootball\tA title\n", "line 1: 4 tab-separated fields, expected 5 to 8"),
+        ("N1\ta\tb\tc\td\te\tf\tg\th\n", "line 1: 9 tab-separated fields, expected 5 to 8"),
+        ("N1\ta\tb\tT\tA\nN2\ta\tb\tT\tA\nN1\ta\tb\tT\tA\n", "line 3: duplicate news id N1 .first"),
+        ("\ta\tb\tT\tA\n", "line 1: news id is '', expected an id"),
+        ("", "no news rows"),
+    ],
+)
+def test_malformed_news_names_file_and_line(tmp_path, rows, expected):
+    _write(tmp_path, news=rows)
+    with pytest.raises(DataError, match=rf"news\.tsv: {expected}"):
+        load_mind(tmp_path)
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    _write(tmp_path)
+    (tmp_path / "news.tsv").write_bytes(NEWS.encode() + b"N4\ta\tb\t\xff\tx\n")
+    with pytest.raises(DataError, match=r"news\.tsv: line 4: not UTF-8"):
+        load_mind(tmp_path)
+
+
+def test_split_layout(tmp_path):
+    _write(tmp_path / "train")
+    _write(tmp_path / "dev", behaviors=GOOD_ROW)
+    assert len(load_mind(tmp_path, split="train").impressions) == 3
+    assert len(load_mind(tmp_path, split="dev").impressions) == 1
+    with pytest.raises(DataError, match="pass split= naming one of dev, train"):
+        load_mind(tmp_path)
+    with pytest.raises(DataError, match=r"no test/ subfolder \(found: dev, train\)"):
+        load_mind(tmp_path, split="test")
+    (tmp_path / "dev" / "behaviors.tsv").unlink()
+    with pytest.raises(DataError, match=r"dev: missing behaviors\.tsv"):
+        load_mind(tmp_path, split="dev")
+
+
+def test_readers_stream(tmp_path):
+    _write(tmp_path)
+    items = read_news(tmp_path / "news.tsv")
+    it = read_behaviors(tmp_path / "behaviors.tsv", items)
+    assert next(it).impression_id == "1"  # an iterator, read lazily
+
+
+# ----------------------------------------------------------------------------------- split
+
+
+def test_time_split_orders_and_shares(generated):
+    impressions = load_mind(generated).impressions
+    shuffled = impressions[:]
+    random.Random(1).shuffle(shuffled)
+    train, val, test = time_split(shuffled)
+    assert (len(train), len(val), len(test)) == (1400, 200, 400)
+    assert max(i.time for i in train) <= min(i.time for i in val)
+    assert max(i.time for i in val) <= min(i.time for i in test)
+    assert train + val + test == sorted(impressions, key=lambda i: (i.time, i.impression_id))
+    assert time_split(impressions) == (train, val, test)  # input order does not matter
+    assert time_split(impressions, 0.0, 0.5)[1] == []
+    with pytest.raises(ValueError, match="shares"):
+        time_split(impressions, 0.5, 0.5)
+    assert time_split([]) == ([], [], [])
+
+
+# ------------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize(
+    ("mind", "canonical"),
+    [
+        ("11/11/2019 9:05:58 AM", "2019-11-11 09:05:58"),
+        ("1/2/2020 12:00:00 AM", "2020-01-02 00:00:00"),
+        ("1/2/2020 12:30:00 PM", "2020-01-02 12:30:00"),
+        ("12/31/2019 11:59:59 PM", "2019-12-31 23:59:59"),
+    ],
+)
+def test_time_spellings(mind, canonical):
+    assert parse_mind_time(mind) == canonical
+    assert format_mind_time(canonical) == mind
+
+
+ids = st.from_regex(r"[NM][0-9]{1,6}", fullmatch=True)
+times = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2040, 12, 31)).map(
+    lambda t: t.strftime("%Y-%m-%d %H:%M:%S")
+)
+
+
+@st.composite
+def impressions(draw, unlabeled: bool = False) -> Impression:
+    candidates = draw(st.lists(ids, min_size=1, max_size=8))
+    label = st.just(UNLABELED) if unlabeled else st.sampled_from([0, 1])
+    return Impression(
+        impression_id=draw(st.from_regex(r"[0-9]{1,7}", fullmatch=True)),
+        user_id=draw(st.from_regex(r"U[0-9A-Za-z_]{1,8}", fullmatch=True)),
+        time=draw(times),
+        history=tuple(draw(st.lists(ids, max_size=12))),
+        candidates=tuple(candidates),
+        labels=tuple(draw(label) for _ in candidates),
+    )
+
+
+@given(imp=st.one_of(impressions(), impressions(unlabeled=True)))
+def test_behavior_line_round_trip(imp):
+    line = format_behavior_line(imp)
+    assert "\n" not in line and line.count("\t") == 4
+    assert parse_behavior_line(line, allow_unlabeled=True) == imp
+
+
+@settings(max_examples=30)
+@given(rows=st.lists(impressions(), min_size=1, max_size=20, unique_by=lambda i: i.impression_id))
+def test_behaviors_file_round_trip(rows):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "behaviors.tsv"
+        path.write_text("".join(format_behavior_line(i) + "\n" for i in rows), encoding="utf-8")
+        assert list(read_behaviors(path)) == rows
