@@ -169,6 +169,43 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    # app-only install: flet, sqlite-utils, onnxruntime, numpy
+    if args.app_command == "backup":
+        from app.history import History, HistoryError
+
+        try:
+            history = History(Path(args.db) if args.db else None)
+            path = history.backup(Path(args.out))
+            history.close()
+        except HistoryError as e:
+            return _fail(str(e))
+        print(f"backup written: {path}")
+        return 0
+    if args.app_command == "restore":
+        from app.history import HistoryError, restore
+
+        try:
+            restore(Path(args.backup), Path(args.db) if args.db else None)
+        except HistoryError as e:
+            return _fail(str(e))
+        print(f"restored {args.backup} into {args.db or 'the default database'}")
+        return 0
+    from app.main import run
+
+    if args.port is not None and not 1 <= args.port <= 65535:
+        return _fail(f"app: --port must be 1..65535, got {args.port}")
+    run(
+        bundle=args.bundle,
+        web=args.web or args.kiosk,
+        port=args.port or 8550,
+        kiosk=args.kiosk,
+        db=args.db,
+        pin=args.pin,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from distill.data import FORMATS, SOURCES
 
@@ -253,6 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "numpy"])
     rc.add_argument("--json", action="store_true", help="print one JSON object")
     rc.set_defaults(func=cmd_recommend)
+
+    ap = sub.add_parser("app", help="the offline clinic app (desktop window, or web kiosk)")
+    ap.add_argument("--bundle", help="bundle folder (default: the shipped medication demo)")
+    ap.add_argument("--web", action="store_true", help="serve on 127.0.0.1 for a browser")
+    ap.add_argument("--port", type=int, help="web port (default 8550)")
+    ap.add_argument("--kiosk", action="store_true", help="full-screen web kiosk, idle lock")
+    ap.add_argument("--db", help="history database (default: $POCKETREC_DB, "
+                    "$FLET_APP_STORAGE_DATA or the platform's user data folder)")
+    ap.add_argument("--pin", help="PIN that unlocks the app (stored hashed)")
+    ap.set_defaults(func=cmd_app, app_command=None)
+    app_sub = ap.add_subparsers(dest="app_command", metavar="APP_COMMAND")
+    bk = app_sub.add_parser("backup", help="copy the history database (SQLite backup API)")
+    bk.add_argument("--db", help="history database (default as for `pocketrec app`)")
+    bk.add_argument("--out", required=True, help="backup file to write")
+    rs = app_sub.add_parser("restore", help="restore the history database from a backup")
+    rs.add_argument("--backup", required=True, help="backup file written by `app backup`")
+    rs.add_argument("--db", help="history database to restore into")
     return p
 
 
