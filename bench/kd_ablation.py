@@ -23,7 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# name -> DistillConfig changes; a "student" key holds StudentConfig changes
 VARIANTS = {
+    "no KD, no repeat head": dict(alpha=0.0, beta=0.0, student=dict(repeat_head=False)),
+    "KD alpha=1, no repeat head": dict(alpha=1.0, beta=0.1, student=dict(repeat_head=False)),
     "no KD (alpha=0, beta=0)": dict(alpha=0.0, beta=0.0),
     "InfoNCE only (beta=0.1)": dict(alpha=0.0, beta=0.1),
     "KD alpha=0.1": dict(alpha=0.1, beta=0.0),
@@ -77,10 +80,12 @@ def main() -> None:
             max_visits=tcfg.max_visits,
         )
         for name, change in VARIANTS.items():
+            change = dict(change)
+            student = replace(scfg, **change.pop("student", {}))
             for seed in seeds:
                 dc = replace(base, seed=seed, **change)
                 teacher = (lambda i, f=feats[tr]: f[i]) if dc.uses_teacher else None
-                res = train_student(sub(tr), sub(va), scfg, dc, teacher=teacher)
+                res = train_student(sub(tr), sub(va), student, dc, teacher=teacher)
                 rows[name].append(res.best_val_prauc)
         print(f"fold {fold + 1}/{d.folds} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
