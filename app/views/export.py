@@ -1,0 +1,95 @@
+"""Export: the open patient's history, or all of it, as CSV files and JSON into a folder."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import flet as ft
+
+from app.history import HistoryError
+from app.views.common import DANGER, Shell, heading, ident, muted, tid
+
+
+class ExportView:
+    route = "/export"
+    title = "Export"
+
+    def __init__(self, shell: Shell):
+        self.shell = shell
+        self.state = shell.state
+        self.folder = ft.TextField(
+            label="Folder",
+            hint_text="empty: a new folder under exports/ beside the database",
+            width=640,
+        )
+        self.patient_button = ft.FilledButton(
+            "Export this patient", icon=ft.Icons.PERSON, on_click=self._on_patient
+        )
+        self.all_button = ft.OutlinedButton(
+            "Export all history", icon=ft.Icons.FOLDER_ZIP, on_click=self._on_all
+        )
+        self.message = ft.Text("")
+        self.paths = ft.Column(spacing=2)
+        self.root = ft.Column(
+            [
+                heading("Export"),
+                muted(
+                    "CSV files (one per table) and pocketrec.json, written atomically. "
+                    "The files hold patient data: keep them on encrypted storage."
+                ),
+                tid("export-folder", self.folder),
+                ft.Row(
+                    [
+                        tid("export-patient", self.patient_button),
+                        tid("export-all", self.all_button),
+                    ],
+                    spacing=12,
+                ),
+                tid("export-message", self.message),
+                tid("export-paths", self.paths),
+            ],
+            spacing=12,
+            scroll=ft.ScrollMode.AUTO,
+            expand=True,
+        )
+
+    def refresh(self) -> None:
+        patient = self.state.patient
+        self.patient_button.disabled = patient is None
+        self.patient_button.content = (
+            f"Export {patient['display_name']}" if patient else "Export this patient (none open)"
+        )
+
+    def reset(self) -> None:
+        self.folder.value = ""
+        self.message.value = ""
+        self.paths.controls = []
+
+    async def _on_patient(self, e: ft.Event[ft.Control]) -> None:
+        await self._export(self.state.export_patient)
+
+    async def _on_all(self, e: ft.Event[ft.Control]) -> None:
+        await self._export(self.state.export_all)
+
+    async def _export(self, export) -> None:
+        self.state.touch()
+        folder = (self.folder.value or "").strip() or None
+        self.message.value = "Exporting…"
+        self.message.color = None
+        self.paths.controls = []
+        self.shell.page.update()
+        try:
+            written: list[Path] = await asyncio.to_thread(export, folder)
+        except (ValueError, HistoryError, OSError) as exc:
+            self.message.value = str(exc)
+            self.message.color = DANGER
+        else:
+            self.message.value = (
+                f"Wrote {len(written)} files to {written[0].parent}" if written else ""
+            )
+            self.paths.controls = [
+                tid(ident("export-path", i), ft.Text(str(p), size=13))
+                for i, p in enumerate(written)
+            ]
+        self.shell.page.update()  # update() was called above: no automatic one now
