@@ -80,3 +80,53 @@ def test_recommend_in_a_namespace_without_network(tmp_path):
     r = subprocess.run(cmd, env=offline_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["drugs"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not BUNDLE.is_dir(), reason="the shipped bundle is not built yet")
+def test_web_app_serves_its_client_offline(tmp_path):
+    """The kiosk server starts and serves the whole Flet web client from local files, with the
+    socket guard on: no connection to any other address is even attempted."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = offline_env(tmp_path) | {"POCKETREC_NO_BROWSER": "1"}
+    code = (
+        "from app.main import run; "
+        f"run(web=True, port={port}, db={str(tmp_path / 'h.db')!r}, bundle={str(BUNDLE)!r})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        page = None
+        while time.monotonic() < deadline:
+            try:
+                page = urllib.request.urlopen(base + "/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert page is not None, "the app did not start serving in 60 s"
+        assert "flutter" in page.lower()
+        # the Flutter bootstrap script is served locally, not from a CDN
+        boot = urllib.request.urlopen(base + "/flutter_bootstrap.js", timeout=5)
+        assert boot.status == 200
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    log = tmp_path / "net.log"
+    assert not log.exists() or log.read_text() == "", log.read_text()
