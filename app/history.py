@@ -15,7 +15,7 @@ Every failure the clinic can act on is a `HistoryError` naming the file: a read-
 a file held by another pocketrec instance, a corrupted file, an unknown patient.
 
 All public methods of a `History` serialise on one lock and its connection may be used from any
-thread (Flet runs synchronous event handlers in worker threads).
+thread: the app's async handlers hand saves and exports to `asyncio.to_thread` workers.
 """
 
 from __future__ import annotations
