@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean bundle
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/pocketrec data stats --source mimic4-demo
 	$(BIN)/pocketrec distill --source mimic4-demo --out runs/med --force
+
+# rebuild the shipped bundle from the embedded MIMIC-IV demo (about 30 min on 2 cores)
+bundle: setup
+	$(BIN)/pocketrec pipeline --domain medication --source mimic4-demo --out runs/demo --force
+	rm -rf assets/bundles/medication-demo
+	cp -r runs/demo/bundle assets/bundles/medication-demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -170,15 +170,13 @@ def report_markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, m in report["models"].items():
-        cells = [
-            f"{m.get(k, float('nan')):.4f}"
-            for k in (
-                "single_visit_jaccard",
-                "single_visit_prauc",
-                "multi_visit_jaccard",
-                "multi_visit_prauc",
-            )
-        ]
+        keys = (
+            "single_visit_jaccard",
+            "single_visit_prauc",
+            "multi_visit_jaccard",
+            "multi_visit_prauc",
+        )
+        cells = [f"{m[k]:.4f}" if k in m else "–" for k in keys]  # not every model has a split
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in report["params"].items())]
     lines += [

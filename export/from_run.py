@@ -79,7 +79,10 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             probs = _ort_probs(int8, test)
             per_fold.append(ev.medication_scores(y[te], probs, probs >= threshold, ddi_idx))
             if fold == 0:
-                parity = parity_report(model, fp32, int8, test, y[te], threshold, ddi_idx)
+                # every sample fold 0's student never trained on: validation and test patients
+                held = np.concatenate([va, te])
+                held_out = {k: v[held] for k, v in arrays.items()}
+                parity = parity_report(model, fp32, int8, held_out, y[held], threshold, ddi_idx)
                 shipped = (model, scfg, int8, threshold, info, qinfo)
                 sizes = {"onnx_fp32": fp32.stat().st_size, "onnx_int8": int8.stat().st_size}
             _log(f"fold {fold + 1}/{d.folds}: int8 jaccard {per_fold[-1]['jaccard']:.4f}")
