@@ -36,6 +36,44 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+NEWS_SOURCES = ("movielens-demo",)
+
+
+def cmd_distill_news(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from distill.data.codes import assets_dir
+    from distill.news_run import run_news
+    from distill.news_teacher import NewsTeacherConfig
+
+    out = Path(args.out)
+    if args.source is not None:
+        if args.source not in NEWS_SOURCES:
+            return _fail(f"distill: news sources are {', '.join(NEWS_SOURCES)}, not {args.source}")
+        from distill.data.movielens import movielens_to_mind
+
+        data = Path(tempfile.mkdtemp(prefix="pocketrec-movielens-mind-"))
+        movielens_to_mind(assets_dir() / "data" / "movielens_small", data)
+    elif args.format != "mind":
+        return _fail("distill: --domain news reads --path DIR with --format mind")
+    else:
+        data = Path(args.path)
+    try:
+        teacher = NewsTeacherConfig(backbone=args.teacher)
+    except ValueError as e:
+        return _fail(f"distill: {e}")
+    try:
+        report = run_news(out, data, teacher_cfg=teacher, quick=args.quick, force=args.force)
+    finally:
+        if args.source is not None:  # the converted MovieLens copy was ours
+            import shutil
+
+            shutil.rmtree(data, ignore_errors=True)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.json'}  total {report['wall_s'].get('total', 0):.0f} s")
+    return 0
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from distill.run import quick_config, run_distill
 
@@ -46,6 +84,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         return _fail(f"distill: {out} is not empty; pass --force to replace it")
+    if getattr(args, "domain", "medication") == "news":
+        return cmd_distill_news(args)
     try:
         cfg = _distill_config(args)
     except ValueError as e:  # a config's own validation names the field and the rule
@@ -230,9 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
         "distill",
         help="teacher -> features -> KD and no-KD students -> k-fold report (medication)",
     )
-    ds.add_argument("--source", choices=sorted(SOURCES), help="an embedded demo source")
-    ds.add_argument("--path", type=Path, help="folder of your own export")
-    ds.add_argument("--format", choices=FORMATS, help="format of the export at --path")
+    ds.add_argument("--domain", default="medication", choices=["medication", "news"])
+    ds.add_argument(
+        "--source",
+        choices=sorted(SOURCES) + list(NEWS_SOURCES),
+        help="an embedded demo source (news: movielens-demo)",
+    )
+    ds.add_argument("--path", type=Path, help="folder of your own export (MIND folder for news)")
+    ds.add_argument("--format", choices=[*FORMATS, "mind"], help="format of the export at --path")
     ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
     ds.add_argument(
         "--teacher",
@@ -275,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("pipeline", help="distill + export end to end")
     pl.add_argument("--domain", default="medication", choices=["medication", "news"])
     for action in ds._actions:  # the distill options, unchanged
-        if action.dest not in ("help",) and action.option_strings:
+        if action.dest not in ("help", "domain") and action.option_strings:
             pl._add_action(action)
     pl.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
     pl.set_defaults(func=cmd_pipeline)
@@ -296,8 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--web", action="store_true", help="serve on 127.0.0.1 for a browser")
     ap.add_argument("--port", type=int, help="web port (default 8550)")
     ap.add_argument("--kiosk", action="store_true", help="full-screen web kiosk, idle lock")
-    ap.add_argument("--db", help="history database (default: $POCKETREC_DB, "
-                    "$FLET_APP_STORAGE_DATA or the platform's user data folder)")
+    ap.add_argument(
+        "--db",
+        help="history database (default: $POCKETREC_DB, "
+        "$FLET_APP_STORAGE_DATA or the platform's user data folder)",
+    )
     ap.add_argument("--pin", help="PIN that unlocks the app (stored hashed)")
     ap.set_defaults(func=cmd_app, app_command=None)
     app_sub = ap.add_subparsers(dest="app_command", metavar="APP_COMMAND")
