@@ -41,3 +41,17 @@ def test_readme_names_both_setup_commands_and_ci_calls_the_test_one():
     assert "make demo" in README and "make test" in README
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test" in ci
+
+
+def test_flet_build_configuration_points_at_a_real_entry_module():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["flet"]
+    app = cfg["app"]
+    entry = root / app["path"] / f"{app['module']}.py"
+    assert entry.is_file()
+    assert "from app.main import run" in entry.read_text(encoding="utf-8")
+    # the packaged app carries no training code and no raw data
+    assert {"distill", "export", "assets/data"} <= set(app["exclude"])
+    assert cfg["org"] and cfg["product"]
