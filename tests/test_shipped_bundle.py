@@ -1,0 +1,59 @@
+"""The shipped bundle through `pocketrec recommend`, as an app-only install runs it: the heavy
+training libraries are blocked in the child process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "assets" / "bundles" / "medication-demo"
+
+APP_ONLY = """
+import sys
+for name in ("torch", "transformers", "pandas", "safetensors", "peft", "optimum", "export"):
+    sys.modules[name] = None
+from distill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def recommend(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", APP_ONLY, "recommend", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_shipped_bundle_scores_a_visit_without_training_libraries():
+    r = recommend(
+        "--dx", "icd9cm:4280,icd9cm:42731", "--px", "icd9pcs:3893", "--top", "5", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["bundle"] == "medication-mimic4-demo"
+    probs = [d["probability"] for d in out["drugs"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+    manifest = json.loads((BUNDLE / "manifest.json").read_text())
+    assert manifest["parity"]["summary"]["passed"] is True
+    assert sum(p.stat().st_size for p in BUNDLE.iterdir()) <= 1_000_000
+
+
+def test_unknown_codes_are_reported_not_dropped():
+    r = recommend("--dx", "icd9cm:4280,icd9cm:NOPE", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["unknown_codes"] == ["icd9cm:NOPE"]
+
+
+def test_a_flipped_byte_is_refused_with_a_clear_message(tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    model = copy / "model.int8.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    r = recommend("--bundle", str(copy), "--dx", "icd9cm:4280")
+    assert r.returncode == 2
+    assert "model.int8.onnx" in r.stderr and "sha256" in r.stderr
+    assert "Traceback" not in r.stderr
