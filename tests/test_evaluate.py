@@ -227,12 +227,13 @@ def test_build_report_and_markdown_render_every_model():
     assert "total 12.3" in md and "tiny-llama" in md
 
 
-def test_markdown_marks_missing_breakdown_as_nan():
+def test_markdown_marks_a_missing_breakdown_with_a_dash():
     report = {**_meta(), "models": {"popularity": ev.summarize(
         [{k: 0.5 for k in ev.METRICS}, {k: 0.5 for k in ev.METRICS}])}}  # fmt: skip
     md = ev.report_markdown(report)
     assert "| popularity | 0.5000 ± 0.0000 |" in md
-    assert "| popularity | nan | nan | nan | nan |" in md
+    assert "| popularity | – | – | – | – |" in md
+    assert "nan" not in md
 
 
 def test_write_report(tmp_path):
