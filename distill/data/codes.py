@@ -74,8 +74,8 @@ def ndc_to_atc3() -> dict[str, str]:
     out = {normalise_ndc(r["ndc"]): a for r in rows if (a := _atc3(r["atc"]))}
     # MoleRec's table is the published pipeline's own answer: it wins where both know an NDC
     out.update({normalise_ndc(r["ndc"]): r["atc3"] for r in _rows("ndc2atc3_molerec.csv.gz")})
-    out.pop("", None)
-    return out
+    # NDCs are digits: the tables carry a few junk keys ('?') that no MIMIC row should match
+    return {k: v for k, v in out.items() if k.isdigit()}
 
 
 @lru_cache(maxsize=1)
