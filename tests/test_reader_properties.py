@@ -93,6 +93,6 @@ def test_reader_keeps_every_admission_and_counts_every_drug_row(export):
         assert set(visits[h].medications) == want
         assert all(len(m) == 4 for m in visits[h].medications)
     # visit order follows admission time within each patient
-    for pid, vs in cohort.patients().items():
+    for vs in cohort.patients().values():
         times = [v.time for v in sorted(vs, key=lambda v: v.order)]
         assert times == sorted(times)
