@@ -31,16 +31,13 @@ int8 parity check (`export.news`) measures exactly this way of computing.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import math
 import re
 import sqlite3
 import threading
 import time
 import unicodedata
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from app.runtime import SUPPORTED_FORMATS, BundleError, sha256_file
+from app.runtime import BundleError, read_json, read_manifest, verify_files
 
 DOMAIN = "news"
 MANIFEST_FILE = "manifest.json"
@@ -377,48 +374,10 @@ class NewsBundle:
         return self.tokenizer.max_tokens
 
 
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value) is not None
-
-
-def _plain_name(name: Any) -> bool:
-    """A file name directly inside the bundle directory (no folders, no way out)."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not any(c in name for c in "/\\:\x00")
-    )
-
-
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BundleError(f"{where} must be an integer >= 1; got {value!r}")
     return value
-
-
-def _read_manifest(folder: Path) -> tuple[dict, str]:
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise BundleError(f"{MANIFEST_FILE}: missing from the bundle at {folder}")
-    raw = path.read_bytes()
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{MANIFEST_FILE}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{MANIFEST_FILE}: expected a JSON object")
-    fmt = manifest.get("format")
-    if fmt not in SUPPORTED_FORMATS:
-        raise BundleError(
-            f"{MANIFEST_FILE}: bundle format {fmt!r} is not supported; "
-            f"supported formats: {', '.join(SUPPORTED_FORMATS)}"
-        )
-    if manifest.get("domain") != DOMAIN:
-        raise BundleError(
-            f"{MANIFEST_FILE}: domain {manifest.get('domain')!r} is not {DOMAIN!r}; "
-            "this runtime reads news bundles"
-        )
-    return manifest, hashlib.sha256(raw).hexdigest()
 
 
 def _roles(manifest: dict) -> dict[str, str]:
@@ -433,48 +392,7 @@ def _roles(manifest: dict) -> dict[str, str]:
         "pieces": manifest.get("pieces"),
         "catalog": manifest.get("catalog"),
     }
-    for role, name in roles.items():
-        if not _plain_name(name):
-            raise BundleError(f"{MANIFEST_FILE}: the {role} file name {name!r} is not a plain name")
     return roles
-
-
-def _verify_files(folder: Path, manifest: dict) -> dict[str, str]:
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{MANIFEST_FILE}: 'files' must be a non-empty object name -> sha256")
-    roles = _roles(manifest)
-    for role, name in roles.items():
-        if name not in files:
-            raise BundleError(
-                f"{MANIFEST_FILE}: required {role} file {name!r} is not listed in 'files' "
-                "(it cannot be verified, so it is not loaded)"
-            )
-    for name, digest in files.items():
-        if not _plain_name(name) or name == MANIFEST_FILE:
-            raise BundleError(f"{MANIFEST_FILE}: 'files' lists {name!r}, not a bundle file name")
-        if not _is_sha256(digest):
-            raise BundleError(f"{MANIFEST_FILE}: the sha256 of {name!r} is not 64 hex digits")
-        path = folder / name
-        if not path.is_file():
-            raise BundleError(f"{name}: listed in {MANIFEST_FILE} but missing from {folder}")
-        actual = sha256_file(path)
-        if actual != digest.lower():
-            raise BundleError(
-                f"{name}: sha256 mismatch (manifest {digest[:12]}..., file {actual[:12]}...): "
-                "the file is corrupt or was modified after export"
-            )
-    return roles
-
-
-def _read_json(folder: Path, name: str) -> Any:
-    try:
-        raw = (folder / name).read_bytes()
-        if name.endswith(".gz"):
-            raw = gzip.decompress(raw)
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise BundleError(f"{name}: not valid JSON ({e})") from None
 
 
 def _parse_catalog(data: Any, name: str) -> dict[str, CatalogItem]:
@@ -501,8 +419,8 @@ def load_news_bundle(path: str | Path) -> NewsBundle:
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"{folder}: not a bundle directory (expected {MANIFEST_FILE} inside)")
-    manifest, sha = _read_manifest(folder)
-    roles = _verify_files(folder, manifest)
+    manifest, sha = read_manifest(folder, DOMAIN)
+    roles = verify_files(folder, manifest, _roles(manifest))
     for role, want in (("item", ITEM_INPUTS), ("user", USER_INPUTS)):
         got = manifest["models"][role].get("inputs")
         if list(got or ()) != list(want):
@@ -516,13 +434,13 @@ def load_news_bundle(path: str | Path) -> NewsBundle:
     )
     max_history = _positive_int(manifest.get("max_history"), f"{MANIFEST_FILE}: max_history")
 
-    tokenizer = PieceTokenizer.from_document(_read_json(folder, roles["pieces"]))
+    tokenizer = PieceTokenizer.from_document(read_json(folder, roles["pieces"]))
     if len(tokenizer.pieces) != vocab_size:
         raise BundleError(
             f"{roles['pieces']}: {len(tokenizer.pieces)} pieces, but the item encoder was built "
             f"for {vocab_size}"
         )
-    catalog = _parse_catalog(_read_json(folder, roles["catalog"]), roles["catalog"])
+    catalog = _parse_catalog(read_json(folder, roles["catalog"]), roles["catalog"])
     return NewsBundle(
         path=folder,
         manifest=manifest,

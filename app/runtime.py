@@ -226,12 +226,17 @@ def _plain_name(name: Any) -> bool:
     )
 
 
-def _read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path, domain: str) -> tuple[dict, str]:
+    """The manifest of a bundle of `domain`, format checked; -> (manifest, its own sha256).
+
+    Shared by every domain's runtime (medication here, news in app/news_runtime.py).
+    """
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{MANIFEST_FILE}: missing from the bundle at {folder}")
+    raw = path.read_bytes()
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{MANIFEST_FILE}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
@@ -245,12 +250,16 @@ def _read_manifest(folder: Path) -> dict:
             f"{MANIFEST_FILE}: bundle format {fmt!r} is not supported{hint}; "
             f"supported formats: {', '.join(SUPPORTED_FORMATS)}"
         )
-    if manifest.get("domain") != DOMAIN:
+    if manifest.get("domain") != domain:
         raise BundleError(
-            f"{MANIFEST_FILE}: domain {manifest.get('domain')!r} is not {DOMAIN!r}; "
-            "this runtime reads medication bundles"
+            f"{MANIFEST_FILE}: domain {manifest.get('domain')!r} is not {domain!r}; "
+            f"this runtime reads {domain} bundles"
         )
-    return manifest
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict:
+    return read_manifest(folder, DOMAIN)[0]
 
 
 def _required_files(manifest: dict) -> dict[str, str]:
@@ -273,11 +282,28 @@ def _required_files(manifest: dict) -> dict[str, str]:
 
 
 def _verify_files(folder: Path, manifest: dict) -> dict[str, str]:
-    """Check every listed file's sha256 and that every required file is listed; -> role map."""
+    roles = verify_files(folder, manifest, _required_files(manifest))
+    vocab_digest = manifest.get("vocab_sha256")
+    if (
+        not isinstance(vocab_digest, str)
+        or vocab_digest.lower() != manifest["files"][VOCAB_FILE].lower()
+    ):
+        raise BundleError(
+            f"{VOCAB_FILE}: sha256 does not match the manifest's vocab_sha256 "
+            f"({str(vocab_digest)[:12]}...): the vocabulary is not the one the model was built for"
+        )
+    return roles
+
+
+def verify_files(folder: Path, manifest: dict, roles: dict[str, str]) -> dict[str, str]:
+    """Check every listed file's sha256 and that every file in `roles` (role -> file name) is
+    listed, before anything is parsed; returns `roles`. Shared by every domain's runtime."""
+    for role, name in roles.items():
+        if not _plain_name(name):
+            raise BundleError(f"{MANIFEST_FILE}: the {role} file name {name!r} is not a plain name")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{MANIFEST_FILE}: 'files' must be a non-empty object name -> sha256")
-    roles = _required_files(manifest)
     for role, name in roles.items():
         if name not in files:
             raise BundleError(
@@ -298,16 +324,11 @@ def _verify_files(folder: Path, manifest: dict) -> dict[str, str]:
                 f"{name}: sha256 mismatch (manifest {digest[:12]}..., file {actual[:12]}...): "
                 "the file is corrupt or was modified after export"
             )
-    vocab_digest = manifest.get("vocab_sha256")
-    if not isinstance(vocab_digest, str) or vocab_digest.lower() != files[VOCAB_FILE].lower():
-        raise BundleError(
-            f"{VOCAB_FILE}: sha256 does not match the manifest's vocab_sha256 "
-            f"({str(vocab_digest)[:12]}...): the vocabulary is not the one the model was built for"
-        )
     return roles
 
 
-def _read_json(folder: Path, name: str) -> Any:
+def read_json(folder: Path, name: str) -> Any:
+    """A bundle's JSON side file (gzipped when the name ends in .gz); BundleError if broken."""
     try:
         raw = (folder / name).read_bytes()
         if name.endswith(".gz"):
@@ -413,16 +434,16 @@ def load_bundle(path: str | Path) -> Bundle:
     )
     threshold = _parse_threshold(manifest.get("threshold"))
 
-    vocabs = _parse_vocabs(_read_json(folder, VOCAB_FILE), student)
-    labels = _parse_labels(_read_json(folder, LABELS_FILE), vocabs["medications"], student.n_labels)
+    vocabs = _parse_vocabs(read_json(folder, VOCAB_FILE), student)
+    labels = _parse_labels(read_json(folder, LABELS_FILE), vocabs["medications"], student.n_labels)
     return Bundle(
         path=folder,
         manifest=manifest,
         vocabs=vocabs,
         label_codes=tuple(c for c, _ in labels),
         label_names=tuple(n for _, n in labels),
-        ddi=_parse_ddi(_read_json(folder, DDI_FILE)),
-        titles=_parse_titles(_read_json(folder, TITLES_FILE)),
+        ddi=_parse_ddi(read_json(folder, DDI_FILE)),
+        titles=_parse_titles(read_json(folder, TITLES_FILE)),
         threshold=threshold,
         student_config=student,
         tensor_config=tensor,
