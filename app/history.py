@@ -12,7 +12,7 @@ only.
   that the backup is a sound pocketrec database.
 
 Every failure the clinic can act on is a `HistoryError` naming the file: a read-only location,
-a file held by another pocketrec instance, a corrupted file, an unknown patient.
+a full disk, a file held by another pocketrec instance, a corrupted file, an unknown patient.
 
 All public methods of a `History` serialise on one lock and its connection may be used from any
 thread: the app's async handlers hand saves and exports to `asyncio.to_thread` workers.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import io
 import json
@@ -54,6 +55,7 @@ EXPORT_FORMAT = "pocketrec-export/1"
 DEFAULT_BUSY_TIMEOUT = 5.0
 DEFAULT_ACTOR = "clinician"
 JSON_COLUMNS = {"visits": ("diagnoses", "procedures"), "audit": ("detail",)}
+FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no space, over quota
 
 __all__ = [
     "DB_FILE_NAME",
@@ -98,6 +100,10 @@ def _ensure_private_dir(folder: Path) -> Path:
         if os.name == "posix":
             os.chmod(folder, 0o700)
     except OSError as exc:
+        if _disk_full(exc):
+            raise _full_disk(
+                f"the folder {folder}", folder, "it was not created", "try again"
+            ) from exc
         raise HistoryError(
             f"cannot create the folder {folder}: {exc.strerror or exc} "
             "(the location is read-only or not accessible)",
@@ -150,10 +156,41 @@ def _chmod_private(path: Path) -> None:
             os.chmod(file, 0o600)
 
 
-def _translate(exc: BaseException, path: Path, busy_timeout: float) -> HistoryError | None:
-    """A HistoryError for the SQLite failures a user can act on, else None."""
+def _disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL from SQLite, or ENOSPC / EDQUOT from our own file writes. Also
+    SQLITE_IOERR_SHMSIZE: opening a cleanly closed database on a full disk cannot allocate the
+    -shm file (SQLite reports a bare "disk I/O error" then)."""
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_ERRNOS
+    code = getattr(exc, "sqlite_errorcode", None)  # extended code: the primary is its low byte
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE
+    return "database or disk is full" in str(exc).lower()
+
+
+def _full_disk(where: str, path: Path, lost: str, retry: str) -> HistoryError:
+    """What a full disk cost and what to do. Nothing is ever half-written: SQLite rolls the
+    transaction back, and our own writes go to a temporary file that is removed."""
+    return HistoryError(
+        f"the disk holding {where} is full: {lost} (nothing was half-written); "
+        f"free some space and {retry}",
+        path,
+    )
+
+
+def _translate(
+    exc: BaseException,
+    path: Path,
+    busy_timeout: float,
+    lost: str = "the change was not saved",
+    retry: str = "save again",
+) -> HistoryError | None:
+    """A HistoryError for the SQLite failures a user can act on, else None; `lost` and `retry`
+    word the full-disk message for the operation that failed."""
     if isinstance(exc, HistoryError):
         return exc
+    if _disk_full(exc):
+        return _full_disk(f"the history database {path}", path, lost, retry)
     message = str(exc).lower()
     if "locked" in message or "busy" in message:
         return HistoryError(
@@ -181,6 +218,14 @@ def _translate(exc: BaseException, path: Path, busy_timeout: float) -> HistoryEr
     return None
 
 
+# what a full disk costs a write method (the default: "the change was not saved")
+_LOST_WHEN_FULL = {
+    "save_visit": "the visit was not saved",
+    "add_patient": "the new patient was not saved",
+    "update_patient": "the patient's changes were not saved",
+}
+
+
 def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
     """Serialise on the instance lock and turn actionable SQLite errors into HistoryError."""
 
@@ -194,7 +239,8 @@ def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
             except sqlite3.Error as exc:
                 if isinstance(exc, sqlite3.IntegrityError):  # a constraint: a programming error
                     raise
-                err = _translate(exc, self.path, self.busy_timeout)
+                lost = _LOST_WHEN_FULL.get(method.__name__, "the change was not saved")
+                err = _translate(exc, self.path, self.busy_timeout, lost)
                 if err is None:
                     raise
                 raise err from exc
@@ -268,6 +314,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         if isinstance(exc, OSError):
+            if _disk_full(exc):
+                raise _full_disk(str(path), path, "the file was not written", "try again") from exc
             raise HistoryError(f"cannot write {path}: {exc.strerror or exc}", path) from exc
         raise
 
@@ -331,7 +379,8 @@ class History:
                 conn.close()
             if isinstance(exc, HistoryError) or not isinstance(exc, sqlite3.Error | OSError):
                 raise
-            err = _translate(exc, self.path, self.busy_timeout)
+            lost = "it could not be opened or set up"
+            err = _translate(exc, self.path, self.busy_timeout, lost, "open it again")
             if err is None:
                 raise
             raise err from exc
@@ -675,6 +724,65 @@ class History:
             rows = self._rows("SELECT * FROM audit WHERE patient_id = ? ORDER BY id", (patient_id,))
         return [_decode_json_columns("audit", row) for row in rows]
 
+    # -- news
+
+    @_guarded
+    def add_news_click(self, item_id: str, *, actor: str = DEFAULT_ACTOR) -> int:
+        """Record that the reader opened `item_id`; returns the click's id."""
+        if not isinstance(item_id, str) or not item_id:
+            raise ValueError("item_id must be a non-empty string")
+        with self._write():
+            cursor = self.db.conn.execute(
+                "INSERT INTO news_clicks (item_id, at) VALUES (?, ?)", (item_id, _now())
+            )
+            self._insert_audit("news_click", actor=actor, detail={"item_id": item_id})
+            return int(cursor.lastrowid or 0)
+
+    @_guarded
+    def news_clicks(self) -> list[str]:
+        """The reader's clicked item ids, oldest first (an item opened twice is there twice)."""
+        return [r[0] for r in self.db.conn.execute("SELECT item_id FROM news_clicks ORDER BY id")]
+
+    @_guarded
+    def save_news_articles(
+        self, articles: Sequence[Mapping[str, str]], *, source: str, actor: str = DEFAULT_ACTOR
+    ) -> tuple[int, int]:
+        """Insert or replace imported articles (item_id, title, category, abstract, url) in one
+        transaction; returns (new, replaced)."""
+        now = _now()
+        rows = [
+            (
+                a["item_id"],
+                a["title"],
+                a.get("category", ""),
+                a.get("abstract", ""),
+                a.get("url", ""),
+                source,
+                now,
+            )
+            for a in articles
+        ]
+        with self._write():
+            conn = self.db.conn
+            wanted = {row[0] for row in rows}
+            known = {r[0] for r in conn.execute("SELECT item_id FROM news_articles")} & wanted
+            conn.executemany(
+                "INSERT OR REPLACE INTO news_articles "
+                "(item_id, title, category, abstract, url, source, imported) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._insert_audit(
+                "news_import", actor=actor, detail={"source": source, "articles": len(rows)}
+            )
+        return len(wanted - known), len(known)
+
+    @_guarded
+    def news_articles(self) -> dict[str, dict]:
+        """Imported articles: item id -> {title, category, abstract, url, source, imported}."""
+        rows = self._rows("SELECT * FROM news_articles ORDER BY imported, item_id")
+        return {r.pop("item_id"): r for r in rows}
+
     # -- export, backup
 
     def _snapshot(self, patient_id: str | None) -> dict[str, tuple[list[str], list[dict]]]:
@@ -774,6 +882,10 @@ class History:
                     prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent
                 )
         except OSError as exc:
+            if _disk_full(exc):
+                raise _full_disk(
+                    f"the backup {dest}", dest, "the backup was not written", "back up again"
+                ) from exc
             raise HistoryError(
                 f"cannot write the backup {dest}: {exc.strerror or exc}", dest
             ) from exc
@@ -795,6 +907,10 @@ class History:
             for file in _sidecars(tmp):
                 with contextlib.suppress(FileNotFoundError):
                     file.unlink()
+            if isinstance(exc, OSError | sqlite3.Error) and _disk_full(exc):
+                raise _full_disk(  # the temporary copy and its journal were removed above
+                    f"the backup {dest}", dest, "the backup was not written", "back up again"
+                ) from exc
             if isinstance(exc, OSError | sqlite3.Error) and not isinstance(exc, HistoryError):
                 raise HistoryError(f"cannot write the backup {dest}: {exc}", dest) from exc
             raise
@@ -914,7 +1030,7 @@ def restore(
                 src.close()
         _chmod_private(dest)
     except (sqlite3.Error, OSError) as exc:
-        err = _translate(exc, dest, busy_timeout)
+        err = _translate(exc, dest, busy_timeout, "the backup was not restored", "restore again")
         if err is None:
             raise
         raise err from exc

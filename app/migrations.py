@@ -136,6 +136,32 @@ END;
     )
 
 
+@migration
+def m002_news(db: Database) -> None:
+    """The News tab: the reader's clicks (oldest first by id) and the articles imported from
+    a MIND news.tsv. Item vectors are a cache kept by `app.news_runtime.ItemStore`."""
+    _run(
+        db,
+        """
+CREATE TABLE news_clicks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE news_articles (
+    item_id TEXT PRIMARY KEY NOT NULL,
+    title TEXT NOT NULL,
+    category TEXT NOT NULL DEFAULT '',
+    abstract TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    imported TEXT NOT NULL
+);
+CREATE INDEX idx_news_clicks_item ON news_clicks (item_id);
+""",
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 

@@ -60,12 +60,23 @@ EXPECTED_COLUMNS = {
         ("detail", "TEXT", 0, 0),
     ],
     "sqlite_sequence": [("name", "", 0, 0), ("seq", "", 0, 0)],  # from AUTOINCREMENT
+    "news_clicks": [("id", "INTEGER", 0, 1), ("item_id", "TEXT", 1, 0), ("at", "TEXT", 1, 0)],
+    "news_articles": [
+        ("item_id", "TEXT", 1, 1),
+        ("title", "TEXT", 1, 0),
+        ("category", "TEXT", 1, 0),
+        ("abstract", "TEXT", 1, 0),
+        ("url", "TEXT", 1, 0),
+        ("source", "TEXT", 1, 0),
+        ("imported", "TEXT", 1, 0),
+    ],
 }
 # explicit (non-automatic) indexes: name -> (table, columns, unique)
 EXPECTED_INDEXES = {
     "idx_visits_patient_created": ("visits", ["patient_id", "created"], 0),
     "idx_suggestions_visit": ("suggestions", ["visit_id"], 0),
     "idx_decisions_visit": ("decisions", ["visit_id"], 0),
+    "idx_news_clicks_item": ("news_clicks", ["item_id"], 0),
 }
 EXPECTED_TRIGGERS = {"audit_no_update": "audit", "audit_no_delete": "audit"}
 # (table, column) -> (other table, other column)
@@ -112,7 +123,7 @@ def master_rows(db: sqlite_utils.Database) -> list[tuple]:
 
 def test_blank_database_gets_the_expected_schema(db):
     assert db.table_names() == []
-    assert migrate(db) == ["m001_initial"]
+    assert migrate(db) == ["m001_initial", "m002_news"]
     schema = schema_of(db)
     assert schema["tables"] == EXPECTED_COLUMNS
     assert schema["indexes"] == EXPECTED_INDEXES
@@ -192,28 +203,42 @@ def test_constraints_guard_the_tables(db):
     assert db.execute("SELECT count(*) FROM decisions").fetchone() == (1,)
 
 
+def test_a_database_of_the_first_release_is_upgraded_in_place(db, monkeypatch):
+    with monkeypatch.context() as m:  # a database written when m001 was the only migration
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        assert migrate(db) == ["m001_initial"]
+    db.execute("INSERT INTO patients (id, display_name, created) VALUES ('p1', 'Ann', 't')")
+    assert migrate(db) == ["m002_news"]
+    assert schema_of(db)["tables"] == EXPECTED_COLUMNS
+    assert db.execute("SELECT display_name FROM patients").fetchall() == [("Ann",)]
+
+
 def test_failing_migration_rolls_back_and_stays_pending(db, monkeypatch):
     registry = list(migrations.MIGRATIONS)
     monkeypatch.setattr(migrations, "MIGRATIONS", registry)
     calls = []
 
     @migration
-    def m002_flaky(database):
+    def m003_flaky(database):
         database.execute("CREATE TABLE half_done (x INTEGER)")
         database.execute("INSERT INTO half_done VALUES (1)")
         if not calls:
             calls.append(1)
             raise RuntimeError("boom")
 
-    assert registry[-1] is m002_flaky
+    assert registry[-1] is m003_flaky
     with pytest.raises(RuntimeError, match="boom"):
         migrate(db)
-    assert [row["name"] for row in applied_migrations(db)] == ["m001_initial"]
+    assert [row["name"] for row in applied_migrations(db)] == ["m001_initial", "m002_news"]
     assert "half_done" not in db.table_names()
     assert "patients" in db.table_names()
     assert not db.conn.in_transaction
-    assert migrate(db) == ["m002_flaky"]
-    assert [row["name"] for row in applied_migrations(db)] == ["m001_initial", "m002_flaky"]
+    assert migrate(db) == ["m003_flaky"]
+    assert [row["name"] for row in applied_migrations(db)] == [
+        "m001_initial",
+        "m002_news",
+        "m003_flaky",
+    ]
     assert db.execute("SELECT x FROM half_done").fetchall() == [(1,)]
 
 
