@@ -27,6 +27,7 @@ from app.views.common import tid
 from app.views.export import ExportView
 from app.views.lock import LockView
 from app.views.model import ModelView
+from app.views.news import NewsView
 from app.views.patients import PatientsView
 from app.views.timeline import TimelineView
 from app.views.visit import VisitView
@@ -40,6 +41,7 @@ NAV = (
     ("/timeline", "Timeline", ft.Icons.HISTORY, ft.Icons.HISTORY),
     ("/model", "Model", ft.Icons.INFO_OUTLINE, ft.Icons.INFO),
     ("/export", "Export", ft.Icons.DOWNLOAD_OUTLINED, ft.Icons.DOWNLOAD),
+    ("/news", "News", ft.Icons.NEWSPAPER_OUTLINED, ft.Icons.NEWSPAPER),
 )
 
 _shared: AppState | None = None  # loaded once by `run`, one `session()` per browser tab
@@ -61,6 +63,7 @@ class PocketrecApp:
                 TimelineView(self),
                 ModelView(self),
                 ExportView(self),
+                NewsView(self),
             )
         }
         self.lock = LockView(self, self._unlocked)
@@ -250,6 +253,7 @@ def run(
     kiosk: bool = False,
     db: str | os.PathLike[str] | None = None,
     pin: str | None = None,
+    news_bundle: str | os.PathLike[str] | None = None,
 ) -> None:
     """Start the app (blocks until it is closed).
 
@@ -259,12 +263,20 @@ def run(
     - `kiosk=True`: web, full screen (Chromium's --kiosk when found), back to the start screen
       with the patient's data hidden after `$POCKETREC_IDLE_TIMEOUT` seconds idle (default 120);
     - `pin`: sets the PIN (at least 4 digits) that opens the app; only its salted PBKDF2 hash is
-      kept, in a settings file beside the database. A PIN set earlier stays in force.
+      kept, in a settings file beside the database. A PIN set earlier stays in force;
+    - `news_bundle`: the News tab's bundle (default: the shipped `assets/bundles/news-demo`).
 
     `$POCKETREC_NO_BROWSER=1` serves without opening any browser.
     """
     global _shared
-    _shared = AppState.open(bundle, db, kiosk=kiosk, idle_timeout=_idle_timeout(), pin=pin or None)
+    _shared = AppState.open(
+        bundle,
+        db,
+        kiosk=kiosk,
+        idle_timeout=_idle_timeout(),
+        pin=pin or None,
+        news_bundle=news_bundle,
+    )
     if not web and not kiosk and importlib.util.find_spec("flet_desktop") is None:
         print(
             "pocketrec: flet-desktop is not installed; serving the app to the browser instead",
@@ -286,13 +298,17 @@ def run(
         if kiosk and not quiet:
             threading.Thread(target=_open_kiosk_browser, args=(url,), daemon=True).start()
     print(f"pocketrec: {url} (127.0.0.1 only)", flush=True)
+    from app.web_offline import prepare_client
+
     ft.run(
         main,
         name="",
         host=HOST,
         port=int(port),
         view=ft.AppView.WEB_BROWSER,
-        assets_dir=None,  # nothing from disk is served but Flet's own client
+        # Flet's own client only, with an index.html whose CSP and Rive stub keep the browser
+        # from asking any other host (app/web_offline.py)
+        assets_dir=prepare_client(int(port)),
         no_cdn=True,
     )
 

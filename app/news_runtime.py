@@ -364,6 +364,11 @@ class NewsBundle:
     user_model_path: Path
     dim: int
     max_history: int
+    # cold start: clicks and first-seen unix times of catalog items in the training data, and
+    # the clock ("now", None = the device's) and half-life the export chose for them
+    clicks: dict[str, float] = field(default_factory=dict, repr=False)
+    seen: dict[str, float] = field(default_factory=dict, repr=False)
+    cold_start: dict = field(default_factory=lambda: {"now": None, "half_life_hours": 24.0})
 
     @property
     def name(self) -> str:
@@ -395,10 +400,16 @@ def _roles(manifest: dict) -> dict[str, str]:
     return roles
 
 
-def _parse_catalog(data: Any, name: str) -> dict[str, CatalogItem]:
+def _count(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_catalog(data: Any, name: str) -> tuple[dict[str, CatalogItem], dict, dict]:
+    """(items, clicks, first seen): the optional "clicks" and "seen" (unix time) of a row
+    feed the cold start."""
     if not isinstance(data, dict):
         raise BundleError(f"{name}: expected an object item id -> {{title, category}}")
-    out = {}
+    out, clicks, seen = {}, {}, {}
     for item_id, row in data.items():
         if not (
             isinstance(row, dict)
@@ -407,7 +418,30 @@ def _parse_catalog(data: Any, name: str) -> dict[str, CatalogItem]:
         ):
             raise BundleError(f"{name}: item {item_id!r} needs a string title and category")
         out[item_id] = CatalogItem(item_id, row["title"], row.get("category", ""))
-    return out
+        for key, into in (("clicks", clicks), ("seen", seen)):
+            if key in row:
+                if not _count(row[key]):
+                    raise BundleError(
+                        f"{name}: item {item_id!r}: {key!r} must be a number >= 0, got {row[key]!r}"
+                    )
+                into[item_id] = float(row[key])
+    return out, clicks, seen
+
+
+def _cold_start(manifest: dict) -> dict:
+    raw = manifest.get("cold_start", {})
+    now = raw.get("now") if isinstance(raw, dict) else None
+    half = raw.get("half_life_hours", 24.0) if isinstance(raw, dict) else None
+    if (
+        not isinstance(raw, dict)
+        or (now is not None and not _count(now))
+        or not (_count(half) and half > 0)
+    ):
+        raise BundleError(
+            f"{MANIFEST_FILE}: 'cold_start' must be {{now: unix time or null, "
+            f"half_life_hours: > 0}}, got {raw!r}"
+        )
+    return {"now": None if now is None else float(now), "half_life_hours": float(half)}
 
 
 def load_news_bundle(path: str | Path) -> NewsBundle:
@@ -440,7 +474,7 @@ def load_news_bundle(path: str | Path) -> NewsBundle:
             f"{roles['pieces']}: {len(tokenizer.pieces)} pieces, but the item encoder was built "
             f"for {vocab_size}"
         )
-    catalog = _parse_catalog(read_json(folder, roles["catalog"]), roles["catalog"])
+    catalog, clicks, seen = _parse_catalog(read_json(folder, roles["catalog"]), roles["catalog"])
     return NewsBundle(
         path=folder,
         manifest=manifest,
@@ -451,6 +485,9 @@ def load_news_bundle(path: str | Path) -> NewsBundle:
         user_model_path=folder / roles["user encoder"],
         dim=dim,
         max_history=max_history,
+        clicks=clicks,
+        seen=seen,
+        cold_start=_cold_start(manifest),
     )
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from app.history import History, HistoryError, default_db_path
 from app.migrations import PROFILE_FIELDS
+from app.news_state import NewsState
 from app.runtime import Bundle, Recommendation, Recommender, encode_visit, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -643,6 +644,7 @@ class AppState:
         kiosk: KioskSettings | None = None,
         pins: PinStore | None = None,
         clock: Callable[[], float] | None = None,
+        news: NewsState | None = None,
     ):
         self.bundle = bundle
         self.recommender = recommender
@@ -650,6 +652,8 @@ class AppState:
         self.kiosk = kiosk or KioskSettings()
         self.pins = pins or PinStore.beside(history.path)
         self.clock = clock or time.monotonic
+        # the News tab's feed; loads its bundle on first use, shared by every session
+        self.news = news or NewsState(history)
         self.idle = IdleTimer(self.kiosk.idle_timeout, self.clock)
         self.dx_index = CodeIndex(self._vocab_titles("diagnoses"))
         self.px_index = CodeIndex(self._vocab_titles("procedures"))
@@ -670,9 +674,11 @@ class AppState:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         pin: str | None = None,
         backend: str = "auto",
+        news_bundle: str | os.PathLike[str] | None = None,
     ) -> AppState:
         """Load the bundle (default: the shipped one), open the history (default:
-        `default_db_path()`); `pin` (digits) sets the kiosk PIN, stored hashed."""
+        `default_db_path()`); `pin` (digits) sets the kiosk PIN, stored hashed; `news_bundle`:
+        the News tab's bundle (default: the shipped news demo), loaded when the tab opens."""
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle or DEFAULT_BUNDLE)
         history = History(db if db is not None else default_db_path())
         pins = PinStore.beside(history.path)
@@ -684,11 +690,14 @@ class AppState:
             history,
             KioskSettings(enabled=kiosk, idle_timeout=idle_timeout),
             pins,
+            news=NewsState(history, news_bundle),
         )
 
     def session(self) -> AppState:
         """A fresh state for one more UI session, sharing the bundle, model and database."""
-        return AppState(self.bundle, self.recommender, self.history, self.kiosk, self.pins)
+        return AppState(
+            self.bundle, self.recommender, self.history, self.kiosk, self.pins, news=self.news
+        )
 
     def _vocab_titles(self, kind: str) -> list[tuple[str, str]]:
         titles = self.bundle.titles

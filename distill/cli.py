@@ -42,7 +42,6 @@ NEWS_SOURCES = ("movielens-demo",)
 def cmd_distill_news(args: argparse.Namespace) -> int:
     import tempfile
 
-    from distill.data.codes import assets_dir
     from distill.news_run import run_news
     from distill.news_teacher import NewsTeacherConfig
 
@@ -50,10 +49,10 @@ def cmd_distill_news(args: argparse.Namespace) -> int:
     if args.source is not None:
         if args.source not in NEWS_SOURCES:
             return _fail(f"distill: news sources are {', '.join(NEWS_SOURCES)}, not {args.source}")
-        from distill.data.movielens import movielens_to_mind
+        from distill.data.movielens import demo_mind
 
-        data = Path(tempfile.mkdtemp(prefix="pocketrec-movielens-mind-"))
-        movielens_to_mind(assets_dir() / "data" / "movielens_small", data)
+        # a temporary copy: the conversion is seeded, so the export rebuilds it when needed
+        data = demo_mind(Path(tempfile.mkdtemp(prefix="pocketrec-movielens-mind-")))
     elif args.format != "mind":
         return _fail("distill: --domain news reads --path DIR with --format mind")
     else:
@@ -63,7 +62,9 @@ def cmd_distill_news(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _fail(f"distill: {e}")
     try:
-        report = run_news(out, data, teacher_cfg=teacher, quick=args.quick, force=args.force)
+        report = run_news(
+            out, data, teacher_cfg=teacher, quick=args.quick, force=args.force, source=args.source
+        )
     finally:
         if args.source is not None:  # the converted MovieLens copy was ours
             import shutil
@@ -125,20 +126,49 @@ def _distill_config(args: argparse.Namespace):
     )
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from export.from_run import export_run
+def _run_domain(run: Path) -> str:
+    """The domain a finished run's report.json names ("medication" when it names none)."""
+    try:
+        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{run}: no report.json (expected a finished distill run)") from e
+    except ValueError as e:
+        raise ValueError(f"{run / 'report.json'}: not JSON ({e})") from e
+    return report.get("domain", "medication") if isinstance(report, dict) else "medication"
 
-    report = export_run(Path(args.run), Path(args.out), preset=args.preset, force=args.force)
+
+def _export(run: Path, out: Path, preset: str, force: bool, data: Path | None) -> int:
+    from export.parity import ParityError
+
+    try:
+        domain = _run_domain(run)
+        if domain == "news":
+            from export.news import export_news_run
+
+            manifest = export_news_run(run, out, preset=preset, force=force, data_folder=data)
+            p = manifest["parity"]["summary"]
+            print(
+                f"bundle: {out}  int8 auc {p['int8_auc']:.4f} (fp32 {p['fp32_auc']:.4f}), "
+                f"{manifest['data']['catalog_items']:,} catalog items"
+            )
+            return 0
+        if data is not None:
+            return _fail("export: --data is for news runs (their MIND folder)")
+        from export.from_run import export_run
+
+        report = export_run(run, out, preset=preset, force=force)
+    except (FileNotFoundError, ValueError, ParityError) as e:
+        return _fail(f"export: {e}")
     m = report["models"]["student_int8"]
-    print(f"bundle: {args.out}  int8 jaccard {m['jaccard']:.4f} prauc {m['prauc']:.4f}")
+    print(f"bundle: {out}  int8 jaccard {m['jaccard']:.4f} prauc {m['prauc']:.4f}")
     return 0
 
 
-def cmd_pipeline(args: argparse.Namespace) -> int:
-    if args.domain != "medication":
-        return _fail(f"pipeline: domain {args.domain!r} is not built yet (medication only)")
-    from export.from_run import export_run
+def cmd_export(args: argparse.Namespace) -> int:
+    return _export(Path(args.run), Path(args.out), args.preset, args.force, args.data)
 
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         return _fail(f"pipeline: {out} is not empty; pass --force to replace it")
@@ -146,9 +176,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     rc = cmd_distill(args)
     if rc:
         return rc
-    export_run(out / "run", out / "bundle", preset=args.preset, force=args.force)
-    print(f"bundle: {out / 'bundle'}")
-    return 0
+    # a news run on your own MIND folder is exported against that folder
+    data = args.path if args.domain == "news" and args.path is not None else None
+    return _export(out / "run", out / "bundle", args.preset, args.force, data)
 
 
 def default_bundle() -> Path:
@@ -231,18 +261,24 @@ def cmd_app(args: argparse.Namespace) -> int:
             return _fail(str(e))
         print(f"restored {args.backup} into {args.db or 'the default database'}")
         return 0
+    from app.history import HistoryError
     from app.main import run
+    from app.runtime import BundleError
 
     if args.port is not None and not 1 <= args.port <= 65535:
         return _fail(f"app: --port must be 1..65535, got {args.port}")
-    run(
-        bundle=args.bundle,
-        web=args.web or args.kiosk,
-        port=args.port or 8550,
-        kiosk=args.kiosk,
-        db=args.db,
-        pin=args.pin,
-    )
+    try:
+        run(
+            bundle=args.bundle,
+            web=args.web or args.kiosk,
+            port=args.port or 8550,
+            kiosk=args.kiosk,
+            db=args.db,
+            pin=args.pin,
+            news_bundle=args.news_bundle,
+        )
+    except (HistoryError, BundleError) as e:  # a full disk, a locked database, a bad bundle
+        return _fail(f"app: {e}")
     return 0
 
 
@@ -314,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True, help="folder of a finished `pocketrec distill` run")
     ex.add_argument("--out", required=True, help="bundle folder to write")
     ex.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    ex.add_argument(
+        "--data",
+        type=Path,
+        help="news runs: the MIND folder the run read (default: the folder its config names, "
+        "or a fresh conversion for movielens-demo)",
+    )
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ex.set_defaults(func=cmd_export)
 
@@ -347,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "$FLET_APP_STORAGE_DATA or the platform's user data folder)",
     )
     ap.add_argument("--pin", help="PIN that unlocks the app (stored hashed)")
+    ap.add_argument("--news-bundle", help="the News tab's bundle (default: the shipped news demo)")
     ap.set_defaults(func=cmd_app, app_command=None)
     app_sub = ap.add_subparsers(dest="app_command", metavar="APP_COMMAND")
     bk = app_sub.add_parser("backup", help="copy the history database (SQLite backup API)")

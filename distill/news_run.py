@@ -166,6 +166,7 @@ def run_news(
     quick_impressions: int = QUICK_IMPRESSIONS,
     bootstrap: int = 5,
     threads: int | None = None,
+    source: str | None = None,
 ) -> dict:
     """Run the news job (see the module docstring); returns the report it writes.
 
@@ -175,6 +176,8 @@ def run_news(
     they use, and the shorter settings of `quick_configs`. Refuses a non-empty `out_dir`
     unless `force`. `threads`: torch CPU threads for the teacher (default: every core, see
     `distill.teacher`); the students always train on one (see `train_news_student`).
+    `source`: the embedded source `data_folder` was made from (e.g. "movielens-demo"), kept in
+    config.json so an export can rebuild the data when the folder is gone.
     """
     import torch
 
@@ -192,6 +195,7 @@ def run_news(
             quick_impressions,
             bootstrap,
             threads,
+            source,
         )
     finally:
         torch.set_num_threads(before)
@@ -209,6 +213,7 @@ def _run_news(
     quick_impressions: int,
     bootstrap: int,
     threads: int | None,
+    source: str | None,
 ) -> dict:
     import torch
 
@@ -247,6 +252,7 @@ def _run_news(
     prepare_out(out, force)
     config = {
         "data_folder": str(data_folder),
+        "source": source,
         "teacher": tcfg.to_dict(),
         "distill": dcfg.to_dict(),
         "student": {"dim": student_dim, "heads": student_heads},
@@ -337,7 +343,7 @@ def _run_news(
     n_teacher = sum(p.numel() for p in teacher.model.parameters())
     report = {
         "domain": "news",
-        "source": _source_name(data_folder),
+        "source": f"{source}: {_source_name(data_folder)}" if source else _source_name(data_folder),
         "protocol": "time-split",
         "folds": 1,
         "impressions": {"train": len(train), "val": len(val), "test": len(test)},

@@ -25,6 +25,9 @@ as data -- its normalizer steps, pre-tokenizer, model (WordPiece or WordLevel) w
 piece vocabulary, and its special tokens. The whole vocabulary, not only the pieces the catalog
 uses: greedy longest-match WordPiece segments a new word differently when pieces are missing, so
 a restricted vocabulary reproduces the training ids of the catalog but not of new titles.
+`catalog.json.gz` maps item id -> {title, category, clicks, seen}: `clicks` (positive labels in
+the training and validation impressions) and `seen` (unix time first seen) feed the app's
+popular-and-recent cold start, with the clock and half-life in the manifest's `cold_start`.
 The export never imports the app, so it does not run the app's tokenizer: its agreement with
 the Hugging Face tokenizer is checked by tests/test_news_export.py and bench/news_ranking.py.
 
@@ -71,7 +74,9 @@ __all__ = [
     "USER_FILE",
     "USER_INPUTS",
     "USER_OUTPUTS",
+    "catalog_activity",
     "check_encoder_graph",
+    "cold_start_settings",
     "export_item_encoder",
     "export_news_run",
     "export_user_encoder",
@@ -776,6 +781,45 @@ def model_card(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def _unix(canonical: str) -> int:
+    """'2019-11-11 09:05:58' (UTC, as `distill.data.mind` keeps times) -> unix seconds."""
+    when = dt.datetime.strptime(canonical, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def catalog_activity(
+    impressions: list, catalog: list[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """What the app's cold start needs from the data before the test period: per catalog item,
+    its clicks (positive labels) and the unix time it was first seen (in a history or among
+    the candidates of an impression at that impression's time). Test impressions are left out
+    so that the shipped popularity never saw them."""
+    wanted = set(catalog)
+    clicks: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for imp in impressions:
+        when = _unix(imp.time)
+        for item_id in (*imp.history, *imp.candidates):
+            if item_id in wanted and when < seen.get(item_id, when + 1):
+                seen[item_id] = when
+        for item_id, label in zip(imp.candidates, imp.labels, strict=True):
+            if label == 1 and item_id in wanted:
+                clicks[item_id] = clicks.get(item_id, 0) + 1
+    return clicks, seen
+
+
+def cold_start_settings(seen: dict[str, int]) -> dict:
+    """The clock and half-life of the app's popular-and-recent fallback. The catalog's clock
+    stops at its latest item, not at the device's today (a catalog from 2018 would otherwise
+    decay to nothing), and the half-life is a tenth of the catalog's time span (a few days for
+    MIND's six weeks, about two years for MovieLens' two decades)."""
+    if not seen:
+        return {"now": None, "half_life_hours": 24.0}
+    first, last = min(seen.values()), max(seen.values())
+    half_life = max(1.0, (last - first) / 10 / 3600)
+    return {"now": last, "half_life_hours": round(half_life, 1)}
+
+
 def _write_json(path: Path, obj: Any, compact: bool = True) -> None:
     text = (
         json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
@@ -825,16 +869,14 @@ def export_news_run(
     """Export the KD student of the `run_news` folder `run_dir` as a news bundle in `out_dir`.
 
     `preset`: an `export.quantize.PRESETS` name. Refuses a non-empty `out_dir` unless `force`.
-    `data_folder`: the MIND folder the run read (default: the one its config.json names); the
-    test impressions for the parity checks are rebuilt from it and must be the run's. Raises
+    `data_folder`: the MIND folder the run read (default: the one its config.json names, or,
+    for a run on the embedded `movielens-demo` source, a fresh conversion of it); the test
+    impressions for the parity checks are rebuilt from it and must be the run's. Raises
     `ExportError` (graph contract, unsupported tokenizer), `ParityError` (a gate failed) or
     `ValueError` / `FileNotFoundError` (not a usable run); nothing is written then. Returns the
     bundle's manifest.
     """
-    from distill.news_student import build_piece_vocab
-    from distill.news_teacher import item_text
-    from distill.news_train import NewsCorpus
-    from export.quantize import PRESETS, quantize
+    from export.quantize import PRESETS
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "report.json").is_file():
@@ -843,6 +885,30 @@ def export_news_run(
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} is not empty; pass force=True to replace it")
+    config = _read_json(run_dir / "config.json")
+    source = config.get("source")
+    if data_folder is not None or Path(config["data_folder"]).is_dir() or source is None:
+        label = name or (f"news-{source}" if source else None)
+        return _export_news_run(run_dir, out_dir, preset, data_folder, label)
+    from distill.data.movielens import DEMO_SOURCE, demo_mind
+
+    if source != DEMO_SOURCE:
+        raise FileNotFoundError(
+            f"{config['data_folder']}: the data the run read is gone; pass its MIND folder"
+        )
+    with tempfile.TemporaryDirectory(prefix="pocketrec-movielens-mind-") as tmp:
+        _log(f"rebuilding the {source} impressions the run read (deterministic conversion)")
+        demo_mind(Path(tmp))
+        return _export_news_run(run_dir, out_dir, preset, Path(tmp), name or f"news-{source}")
+
+
+def _export_news_run(
+    run_dir: Path, out_dir: Path, preset: str, data_folder: Path | None, name: str | None
+) -> dict:
+    from distill.news_student import build_piece_vocab
+    from distill.news_teacher import item_text
+    from distill.news_train import NewsCorpus
+    from export.quantize import PRESETS, quantize
 
     run = _load_run(run_dir, data_folder)
     backbone = run.config["teacher"]["backbone"]
@@ -910,9 +976,16 @@ def export_news_run(
             "parity": parity,
         }
         pieces = pieces_document(spec, run.vocab, max_tokens, backbone)
-        catalog = {
-            i: {"title": run.items[i].title, "category": run.items[i].category} for i in run.catalog
-        }
+        clicks, seen = catalog_activity([*run.train, *run.val], run.catalog)
+        catalog = {}
+        for i in run.catalog:
+            row = {"title": run.items[i].title, "category": run.items[i].category}
+            if clicks.get(i):
+                row["clicks"] = clicks[i]
+            if i in seen:
+                row["seen"] = seen[i]
+            catalog[i] = row
+        manifest["cold_start"] = cold_start_settings(seen)
         _write_dir(
             out_dir,
             {ITEM_FILE: paths["item_int8"], USER_FILE: paths["user_int8"]},

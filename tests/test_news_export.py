@@ -207,7 +207,8 @@ def news(tmp_path_factory):
     manifest = export_news_run(run, tmp / "bundle")
 
     data = load_mind(folder)
-    _, _, test = time_split(data.impressions)
+    split = time_split(data.impressions)
+    test = split[2]
     vocab, meta = load_piece_vocab(run / "student" / "vocab.json")
     catalog = json.loads((run / "teacher" / "items.safetensors.json").read_text())["ids"]
     hf = _hf(bert)
@@ -226,6 +227,7 @@ def news(tmp_path_factory):
         manifest=manifest,
         items=data.items,
         test=test,
+        split=split,
         catalog=catalog,
         corpus=corpus,
         hf=hf,
@@ -263,7 +265,23 @@ def test_bundle_manifest_and_files(news):
     catalog = json.loads(gzip.decompress((news.bundle / CATALOG_FILE).read_bytes()))
     assert list(catalog) == news.catalog
     first = news.items[news.catalog[0]]
-    assert catalog[news.catalog[0]] == {"title": first.title, "category": first.category}
+    row = catalog[news.catalog[0]]
+    assert (row["title"], row["category"]) == (first.title, first.category)
+    # cold-start activity from the training and validation impressions, never the test ones
+    train, val, test = news.split
+    clicks = {}
+    for imp in (*train, *val):
+        for c, y in zip(imp.candidates, imp.labels, strict=True):
+            clicks[c] = clicks.get(c, 0) + y
+    assert {i: r.get("clicks", 0) for i, r in catalog.items()} == {
+        i: clicks.get(i, 0) for i in news.catalog
+    }
+    assert sum(r.get("clicks", 0) for r in catalog.values()) == sum(
+        sum(imp.labels) for imp in (*train, *val)
+    )
+    seen = [r["seen"] for r in catalog.values() if "seen" in r]
+    assert seen and all(isinstance(t, int) for t in seen)
+    assert m["cold_start"]["now"] == max(seen) and m["cold_start"]["half_life_hours"] >= 1
     pieces = json.loads((news.bundle / PIECES_FILE).read_text())
     assert pieces["max_tokens"] == 12 and len(pieces["pieces"]) == m["student_config"]["vocab_size"]
     assert "Model card" in (news.bundle / "card.md").read_text()
@@ -454,3 +472,54 @@ def test_export_refuses_a_full_folder_and_unknown_presets(news, tmp_path):
         export_news_run(news.run, tmp_path / "b", preset="sse9")
     with pytest.raises(FileNotFoundError):
         export_news_run(tmp_path, tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_export_command_finds_the_news_domain_and_the_data(news, tmp_path, capsys):
+    from distill.cli import main
+
+    # `pocketrec export` reads the domain from report.json; the data folder from config.json
+    assert main(["export", "--run", str(news.run), "--out", str(tmp_path / "b")]) == 0
+    assert "int8 auc" in capsys.readouterr().out
+    assert load_news_bundle(tmp_path / "b").catalog.keys() == set(news.catalog)
+
+    # a run whose data folder is gone, from no embedded source: a clear error, no bundle
+    run = Path(shutil.copytree(news.run, tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    config.update(data_folder=str(tmp_path / "gone"), source="somewhere")
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "pocketrec: error: export:" in err and "gone" in err and "MIND folder" in err
+    assert not (tmp_path / "c").exists()
+    # ... which --data names
+    data = news.tmp / "mind"
+    args = ["export", "--run", str(run), "--out", str(tmp_path / "c"), "--data", str(data)]
+    assert main(args) == 0
+    capsys.readouterr()
+    # --data is refused for a medication run
+    (run / "report.json").write_text(json.dumps({"domain": "medication"}))
+    assert main([*args, "--force"]) == 2
+    assert "--data is for news runs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_command_for_news_on_a_mind_folder(news, tmp_path, capsys):
+    """`pocketrec pipeline --domain news --path DIR --format mind`: report with the four metrics
+    of the four models, then the bundle, in one command."""
+    from distill.cli import main
+
+    bert = news.tmp / "bert"
+    out = tmp_path / "pipe"
+    args = ["pipeline", "--domain", "news", "--path", str(news.tmp / "mind"), "--format", "mind"]
+    args += ["--teacher", str(bert), "--out", str(out), "--quick"]
+    assert main(args) == 0
+    assert "bundle:" in capsys.readouterr().out
+    report = json.loads((out / "run" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student_kd", "student_nokd", "popularity"}
+    for metrics in report["models"].values():
+        assert {"auc", "mrr", "ndcg5", "ndcg10"} <= set(metrics)
+    bundle = load_news_bundle(out / "bundle")
+    assert bundle.manifest["domain"] == "news" and bundle.manifest["metrics"] == report["models"]
+    assert main(args) == 2  # not empty without --force
+    assert "not empty" in capsys.readouterr().err

@@ -238,3 +238,15 @@ def movielens_to_mind(
     if licence.is_file():
         shutil.copyfile(licence, out_folder / "README.txt")
     return out_folder
+
+
+DEMO_SOURCE = "movielens-demo"
+
+
+def demo_mind(out_folder: Path) -> Path:
+    """The embedded news demo: the shipped MovieLens small converted to MIND format in
+    `out_folder` with the default settings. Deterministic (seeded), so an export can rebuild
+    the exact impressions a `movielens-demo` run read instead of keeping a copy of them."""
+    from distill.data.codes import assets_dir
+
+    return movielens_to_mind(assets_dir() / "data" / "movielens_small", Path(out_folder))

@@ -1,0 +1,304 @@
+"""The News tab's logic, in plain Python (no flet): a private feed ranked on the device.
+
+- `NewsState` holds the news bundle's ranker (`app.news_runtime.NewsRanker`, item vectors cached
+  in the history database) and the reader's clicks (table ``news_clicks`` of `app.history`).
+  It loads on first use (`ensure_loaded`): the first start encodes the whole catalog once.
+- Two catalogs: "demo" (the bundle's own) and "imported" (articles read from a MIND
+  ``news.tsv`` with `import_news_tsv`, kept in table ``news_articles``).
+- `feed()` ranks the chosen catalog for the reader's clicks on this device and nothing else;
+  before the first click it falls back to popular-and-recent items (the bundle's training
+  clicks decayed by age), or, for an imported catalog with no counts, to the model's start
+  vector. Every entry carries its reason: the clicked items closest to it, or its popularity.
+- `open_item()` records the click (one transaction) and returns what the reader sees.
+
+This module is on the app's side of the dependency wall: the standard library, numpy and app.*.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.history import History
+from app.news_runtime import BundleError, NewsRanker, load_news_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_NEWS_BUNDLE = ROOT / "assets" / "bundles" / "news-demo"
+DEMO, IMPORTED = "demo", "imported"
+FEED_SIZE = 10
+WHY_ITEMS = 2
+MIND_COLUMNS = 8  # id, category, subcategory, title, abstract, url, title and abstract entities
+
+__all__ = [
+    "DEFAULT_NEWS_BUNDLE",
+    "DEMO",
+    "IMPORTED",
+    "Article",
+    "Feed",
+    "FeedEntry",
+    "ImportReport",
+    "NewsError",
+    "NewsState",
+    "read_news_tsv",
+]
+
+
+class NewsError(Exception):
+    """A news problem the reader can act on (no bundle, a bad news.tsv); the message says what."""
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    item_id: str
+    title: str
+    category: str
+    score: float
+    reason: str  # "why this", in words
+
+
+@dataclass(frozen=True)
+class Feed:
+    """`method`: "model" (ranked from the reader's clicks), "popular" (cold start: popular and
+    recent) or "start" (cold start: the model's start vector, no counts known)."""
+
+    entries: list[FeedEntry]
+    method: str
+    catalog: str
+    clicks_used: int
+    catalog_size: int
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.item_id for e in self.entries]
+
+    @property
+    def basis(self) -> str:
+        if self.method == "model":
+            return f"Ranked for you from your last {self.clicks_used} opened items (on this device)"
+        if self.method == "popular":
+            return "New here: popular and recent items. Open a few and the feed learns from them"
+        return "New here: the model's default reading of this catalog. Open a few items"
+
+
+@dataclass(frozen=True)
+class Article:
+    item_id: str
+    title: str
+    category: str
+    abstract: str
+    url: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    path: str
+    rows: int = 0
+    added: int = 0
+    replaced: int = 0
+    vectors_computed: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows
+
+    def summary(self) -> str:
+        text = f"{self.added} new and {self.replaced} updated articles from {self.path}"
+        if self.skipped:
+            skips = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
+            text += f"; skipped {sum(self.skipped.values())} rows ({skips})"
+        return text
+
+
+def read_news_tsv(path: str | Path) -> tuple[list[dict], Counter]:
+    """The articles of a MIND ``news.tsv`` (tab-separated, no header: id, category,
+    subcategory, title, abstract, url, title entities, abstract entities) and the rows skipped
+    by reason. A row without an id or a title is skipped and counted; a repeated id keeps its
+    last row (counted). A file that is not UTF-8, or has no usable row, is a NewsError naming
+    the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NewsError(f"{path}: no such file (expected a MIND news.tsv)")
+    skipped: Counter = Counter()
+    articles: dict[str, dict] = {}
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise NewsError(f"{path}: line {n} is not UTF-8 ({e.reason})") from e
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) < 4:
+                skipped["with fewer than 4 columns"] += 1
+                continue
+            item_id, category, _sub, title = (c.strip() for c in cols[:4])
+            if not item_id or not title:
+                skipped["without an id or a title"] += 1
+                continue
+            if item_id in articles:
+                skipped["repeating an earlier id (last kept)"] += 1
+            articles[item_id] = {
+                "item_id": item_id,
+                "title": title,
+                "category": category,
+                "abstract": cols[4].strip() if len(cols) > 4 else "",
+                "url": cols[5].strip() if len(cols) > 5 else "",
+            }
+    if not articles:
+        raise NewsError(
+            f"{path}: no article found (expected MIND news.tsv rows: id, category, subcategory, "
+            "title, abstract, url, ... separated by tabs)"
+        )
+    return list(articles.values()), skipped
+
+
+class NewsState:
+    """The feed's state, shared by every UI session of the app (see the module docstring)."""
+
+    def __init__(self, history: History, bundle: str | Path | None = None, threads: int = 1):
+        self.history = history
+        self.bundle_path = Path(bundle) if bundle is not None else DEFAULT_NEWS_BUNDLE
+        self.threads = threads
+        self.ranker: NewsRanker | None = None
+        self.error: str | None = None
+        self._articles: dict[str, dict] = {}
+        self._load_lock = threading.Lock()
+
+    # -- loading
+
+    @property
+    def loaded(self) -> bool:
+        return self.ranker is not None
+
+    def ensure_loaded(self) -> bool:
+        """Load the bundle and bring the item-vector cache up to date (the first start encodes
+        the catalog once); False, with `error` set, when there is no usable news bundle."""
+        with self._load_lock:
+            if self.ranker is not None or self.error is not None:
+                return self.ranker is not None
+            try:
+                bundle = load_news_bundle(self.bundle_path)
+            except BundleError as e:
+                self.error = (
+                    f"No news bundle: {e}. Build one with `pocketrec pipeline --domain news "
+                    "--source movielens-demo --out DIR`, then start the app with "
+                    "--news-bundle DIR/bundle"
+                )
+                return False
+            ranker = NewsRanker(bundle, self.history.path, threads=self.threads)
+            self._articles = self.history.news_articles()
+            if self._articles:
+                ranker.store.add_items(
+                    {i: (a["title"], a["category"]) for i, a in self._articles.items()}
+                )
+            self.ranker = ranker
+            return True
+
+    def _ready(self) -> NewsRanker:
+        if not self.ensure_loaded():
+            raise NewsError(self.error or "no news bundle")
+        assert self.ranker is not None
+        return self.ranker
+
+    @property
+    def bundle_name(self) -> str:
+        return self.ranker.bundle.name if self.ranker else self.bundle_path.name
+
+    def catalogs(self) -> dict[str, int]:
+        """Catalog name -> number of items ("imported" only once something was imported)."""
+        ranker = self._ready()
+        out = {DEMO: len(ranker.bundle.catalog)}
+        if self._articles:
+            out[IMPORTED] = len(self._articles)
+        return out
+
+    def _catalog_ids(self, catalog: str) -> list[str]:
+        ranker = self._ready()
+        if catalog == DEMO:
+            return list(ranker.bundle.catalog)
+        if catalog == IMPORTED:
+            return list(self._articles)
+        raise ValueError(f"unknown catalog {catalog!r}; expected {DEMO!r} or {IMPORTED!r}")
+
+    # -- the feed
+
+    def clicks(self) -> list[str]:
+        return self.history.news_clicks()
+
+    def feed(self, catalog: str = DEMO, top_k: int = FEED_SIZE) -> Feed:
+        """The best `top_k` unread items of `catalog` for this device's clicks."""
+        ranker = self._ready()
+        history = self.clicks()
+        opened = set(history)
+        ids = self._catalog_ids(catalog)
+        candidates = [i for i in ids if i not in opened]
+        bundle = ranker.bundle
+        used = [i for i in history if i in ranker.store][-ranker.max_history :]
+        counts = None
+        if not used and catalog == DEMO and bundle.clicks:
+            counts = bundle.clicks
+        ranking = ranker.rank(
+            history,
+            candidates,
+            top_k=top_k,
+            clicks=counts,
+            published=bundle.seen,
+            now=bundle.cold_start["now"],
+            half_life_hours=bundle.cold_start["half_life_hours"],
+        )
+        method = ranking.method if used or counts is not None else "start"
+        entries = [
+            FeedEntry(r.item_id, r.title, r.category, r.score, self._reason(r.item_id, history))
+            for r in ranking.items
+        ]
+        return Feed(entries, method, catalog, len(ranking.history_used), len(ids))
+
+    def _reason(self, item_id: str, history: list[str]) -> str:
+        ranker = self._ready()
+        close = ranker.why(item_id, history, top_n=WHY_ITEMS)
+        if close:
+            items = ranker.store.items
+            names = "; ".join(f"{items[i].title} ({cos:.2f})" for i, cos in close)
+            return f"Close to what you opened: {names}"
+        clicks = ranker.bundle.clicks.get(item_id)
+        if clicks:
+            return f"Popular: opened {int(clicks)} times in the catalog's history"
+        return "New to you: no reading history to compare with yet"
+
+    # -- reading
+
+    def open_item(self, item_id: str) -> Article:
+        """Record the click (one transaction, before anything is shown) and return the item."""
+        ranker = self._ready()
+        if item_id not in ranker.store:
+            raise NewsError(f"unknown news item {item_id!r}")
+        reason = self._reason(item_id, self.clicks())
+        self.history.add_news_click(item_id)
+        item = ranker.store.items[item_id]
+        extra = self._articles.get(item_id, {})
+        return Article(
+            item_id,
+            item.title,
+            item.category,
+            extra.get("abstract", ""),
+            extra.get("url", ""),
+            reason,
+        )
+
+    # -- importing
+
+    def import_news_tsv(self, path: str | Path) -> ImportReport:
+        """Read a MIND news.tsv into the "imported" catalog: articles saved in one transaction,
+        then one item vector computed per new or changed article."""
+        ranker = self._ready()
+        articles, skipped = read_news_tsv(path)
+        report = ImportReport(str(path), rows=len(articles), skipped=skipped)
+        report.added, report.replaced = self.history.save_news_articles(
+            articles, source=Path(path).name
+        )
+        report.vectors_computed = ranker.store.add_items(
+            {a["item_id"]: (a["title"], a["category"]) for a in articles}
+        )
+        self._articles = self.history.news_articles()
+        return report

@@ -1,0 +1,201 @@
+"""News: a private feed ranked on the device from the reader's own clicks.
+
+A catalog switch (the bundle's demo catalog, or articles imported from a MIND news.tsv), the
+feed with the reason of each item ("why this"), an article panel that opens on a tap (the tap is
+the click that is stored), and the import field. Ranking and storage live in `app.news_state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import flet as ft
+
+from app.history import HistoryError
+from app.news_state import DEMO, IMPORTED, Article, Feed, FeedEntry, NewsError
+from app.views.common import DANGER, MUTED, Shell, heading, ident, muted, tid
+
+CATALOG_LABELS = {DEMO: "Demo catalog", IMPORTED: "Imported news"}
+
+
+class NewsView:
+    route = "/news"
+    title = "News"
+
+    def __init__(self, shell: Shell):
+        self.shell = shell
+        self.news = shell.state.news
+        self.catalog = DEMO
+        self.basis_text = ft.Text("", color=MUTED, size=13)
+        self.feed_column = ft.Column(spacing=6)
+        self.article = ft.Column(spacing=6)
+        self.article_box = ft.Container(
+            tid("news-article", self.article),
+            padding=12,
+            border=ft.Border.all(1, ft.Colors.BLUE_GREY_100),
+            border_radius=8,
+            visible=False,
+        )
+        self.catalog_switch = ft.SegmentedButton(
+            segments=[ft.Segment(value=DEMO, label=ft.Text(CATALOG_LABELS[DEMO]))],
+            selected=[DEMO],
+            on_change=self._on_catalog,
+        )
+        self.import_path = ft.TextField(
+            label="Import a MIND news.tsv (path on this device)",
+            dense=True,
+            width=560,
+            on_submit=self._on_import,
+        )
+        self.import_button = ft.OutlinedButton(
+            "Import", icon=ft.Icons.UPLOAD_FILE, on_click=self._on_import
+        )
+        self.status = ft.Text("", size=13)
+        self.root = ft.Column(
+            [
+                heading("News"),
+                tid("news-catalog", self.catalog_switch),
+                tid("news-basis", self.basis_text),
+                ft.Row(
+                    [
+                        ft.Container(tid("news-feed", self.feed_column), expand=3),
+                        ft.Container(self.article_box, expand=2),
+                    ],
+                    vertical_alignment=ft.CrossAxisAlignment.START,
+                ),
+                ft.Divider(),
+                ft.Row(
+                    [
+                        tid("news-import-path", self.import_path),
+                        tid("news-import", self.import_button),
+                    ]
+                ),
+                tid("news-status", self.status),
+            ],
+            spacing=12,
+            scroll=ft.ScrollMode.AUTO,
+            expand=True,
+        )
+
+    # -- the view protocol
+
+    def refresh(self) -> None:
+        """Shown: the first time, load the bundle and cache the catalog's vectors in the
+        background (a few seconds once), then the feed."""
+        if not self.news.loaded:
+            self.feed_column.controls = [
+                ft.Row([ft.ProgressRing(width=20, height=20), muted("Preparing the catalog…")])
+            ]
+        self.shell.page.run_task(self._load_feed)
+
+    def reset(self) -> None:
+        self.article_box.visible = False
+        self.article.controls = []
+        self.status.value = ""
+
+    # -- loading
+
+    async def _load_feed(self) -> None:
+        try:
+            ok = await asyncio.to_thread(self.news.ensure_loaded)
+            if not ok:
+                self.feed_column.controls = [
+                    tid("news-unavailable", ft.Text(self.news.error or "", color=DANGER))
+                ]
+                self.shell.page.update()
+                return
+            self._show_catalogs(await asyncio.to_thread(self.news.catalogs))
+            feed = await asyncio.to_thread(self.news.feed, self.catalog)
+        except (NewsError, HistoryError) as exc:
+            self.feed_column.controls = [ft.Text(str(exc), color=DANGER)]
+        else:
+            self._show_feed(feed)
+        self.shell.page.update()
+
+    def _show_catalogs(self, catalogs: dict[str, int]) -> None:
+        self.catalog_switch.segments = [
+            ft.Segment(value=name, label=ft.Text(f"{CATALOG_LABELS[name]} ({n:,})"))
+            for name, n in catalogs.items()
+        ]
+        if self.catalog not in catalogs:
+            self.catalog = DEMO
+        self.catalog_switch.selected = [self.catalog]
+
+    def _show_feed(self, feed: Feed) -> None:
+        self.basis_text.value = feed.basis
+        self.feed_column.controls = [self._row(k, e) for k, e in enumerate(feed.entries)] or [
+            muted("Nothing left to read in this catalog.", "news-empty")
+        ]
+
+    def _row(self, k: int, entry: FeedEntry) -> ft.Control:
+        async def opened(e: ft.Event[ft.ListTile]) -> None:
+            await self._open(entry.item_id)
+
+        return tid(
+            ident("news-item", k),
+            ft.ListTile(
+                title=ft.Text(entry.title, size=15, weight=ft.FontWeight.W_500),
+                subtitle=ft.Text(f"{entry.category} · {entry.reason}", size=12, color=MUTED),
+                dense=True,
+                on_click=opened,
+            ),
+        )
+
+    # -- handlers
+
+    async def _open(self, item_id: str) -> None:
+        self.shell.state.touch()
+        try:
+            article = await asyncio.to_thread(self.news.open_item, item_id)
+            feed = await asyncio.to_thread(self.news.feed, self.catalog)
+        except (NewsError, HistoryError) as exc:
+            self.shell.notify(str(exc), error=True)
+            return
+        self._show_article(article)
+        self._show_feed(feed)
+        self.shell.page.update()
+
+    def _show_article(self, article: Article) -> None:
+        lines: list[ft.Control] = [
+            tid("news-article-title", ft.Text(article.title, size=18, weight=ft.FontWeight.BOLD)),
+            ft.Text(article.category, size=13, color=MUTED),
+        ]
+        if article.abstract:
+            lines.append(ft.Text(article.abstract, size=14))
+        if article.url:
+            lines.append(ft.Text(article.url, size=12, color=MUTED, selectable=True))
+        lines.append(ft.Text(f"Why this: {article.reason}", size=12, italic=True))
+        self.article.controls = lines
+        self.article_box.visible = True
+
+    async def _on_catalog(self, e: ft.Event[ft.SegmentedButton]) -> None:
+        self.shell.state.touch()
+        selected = list(e.control.selected or [DEMO])
+        self.catalog = selected[0]
+        try:
+            feed = await asyncio.to_thread(self.news.feed, self.catalog)
+        except (NewsError, HistoryError) as exc:
+            self.shell.notify(str(exc), error=True)
+            return
+        self._show_feed(feed)
+        self.shell.page.update()
+
+    async def _on_import(self, e: ft.Event[ft.Control]) -> None:
+        self.shell.state.touch()
+        path = (self.import_path.value or "").strip()
+        if not path:
+            self.shell.notify("Enter the path of a MIND news.tsv first.", error=True)
+            return
+        self.status.value = f"Importing {path}…"
+        self.status.color = None
+        self.shell.page.update()
+        try:
+            report = await asyncio.to_thread(self.news.import_news_tsv, path)
+        except (NewsError, HistoryError) as exc:
+            self.status.value = str(exc)
+            self.status.color = DANGER
+            self.shell.page.update()
+            return
+        self.status.value = report.summary()
+        self.catalog = IMPORTED
+        await self._load_feed()

@@ -1,0 +1,180 @@
+"""app.news_state on the shipped news bundle and a real SQLite history: cold start, clicks
+stored and used, the feed changing, "why this", MIND news.tsv import with counted skips."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+
+from app.history import History
+from app.news_state import (
+    DEFAULT_NEWS_BUNDLE,
+    DEMO,
+    IMPORTED,
+    NewsError,
+    NewsState,
+    read_news_tsv,
+)
+
+NEWS_TSV = (
+    "N1\tsports\tfootball\tLocal team wins the cup final\tA late goal decided it.\thttp://x/1\t[]\t[]\n"
+    "N2\tfinance\tmarkets\tMarkets rally on rate cut hopes\tStocks rose.\thttp://x/2\t[]\t[]\n"
+    "N3\tsports\ttennis\tTennis star retires after twenty years\t\t\t[]\t[]\n"
+    "N4\thealth\tnutrition\tWhat to eat before a marathon\tCarbohydrates, mostly.\t\t[]\t[]\n"
+    "N5\tmovies\treviews\tA quiet space drama divides critics\tSlow but rewarding.\t\t[]\t[]\n"
+)
+
+
+@pytest.fixture(scope="module")
+def warm_db(tmp_path_factory):
+    """A history database whose item-vector cache already holds the demo catalog: the first
+    load encodes 9,742 titles once; each test copies the file instead of encoding again."""
+    path = tmp_path_factory.mktemp("news_warm") / "pocketrec.db"
+    history = History(path)
+    news = NewsState(history, DEFAULT_NEWS_BUNDLE)
+    assert news.ensure_loaded(), news.error
+    assert news.ranker.store.encoder_calls == len(news.ranker.bundle.catalog)
+    news.ranker.close()
+    history.close()
+    return path
+
+
+@pytest.fixture
+def news(warm_db, tmp_path):
+    path = tmp_path / "pocketrec.db"
+    shutil.copyfile(warm_db, path)
+    history = History(path)
+    state = NewsState(history, DEFAULT_NEWS_BUNDLE)
+    assert state.ensure_loaded(), state.error
+    yield state
+    state.ranker.close()
+    history.close()
+
+
+def test_opening_again_reuses_every_cached_vector(news):
+    assert news.ranker.store.encoder_calls == 0
+    assert news.catalogs() == {DEMO: len(news.ranker.bundle.catalog)}
+
+
+def test_cold_start_is_popular_and_recent(news):
+    feed = news.feed(DEMO)
+    assert feed.method == "popular" and len(feed.entries) == 10
+    bundle = news.ranker.bundle
+    now, half = bundle.cold_start["now"], bundle.cold_start["half_life_hours"] * 3600
+
+    def decayed(i):
+        return bundle.clicks.get(i, 0) * 0.5 ** (max(0.0, now - bundle.seen.get(i, now)) / half)
+
+    scores = [decayed(i) for i in feed.ids]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+    best = max(bundle.catalog, key=decayed)
+    assert feed.ids[0] == best
+    assert all(e.reason.startswith("Popular: opened") for e in feed.entries)
+    assert "popular and recent" in feed.basis
+
+
+def test_three_opened_items_are_stored_and_change_the_feed(news):
+    first = news.feed(DEMO)
+    opened = []
+    for _ in range(3):
+        item = news.feed(DEMO).entries[0]
+        article = news.open_item(item.item_id)
+        assert (article.item_id, article.title) == (item.item_id, item.title)
+        opened.append(item.item_id)
+    assert news.clicks() == opened
+    with sqlite3.connect(news.history.path) as conn:
+        rows = conn.execute("SELECT item_id FROM news_clicks ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == opened
+
+    after = news.feed(DEMO)
+    assert after.method == "model" and after.clicks_used == 3
+    assert not set(opened) & set(after.ids)  # read items leave the feed
+    assert after.ids != [i for i in first.ids if i not in opened][: len(after.ids)]
+    assert all(e.reason.startswith("Close to what you opened") for e in after.entries)
+    titles = {news.ranker.store.items[i].title for i in opened}
+    assert any(t in after.entries[0].reason for t in titles)
+    # the ranking is the model's: user vector of the three clicks . item vectors
+    scores = news.ranker.scores(opened, after.ids)
+    assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_clicks_survive_a_restart(news):
+    for item_id in news.feed(DEMO).ids[:2]:
+        news.open_item(item_id)
+    before = news.feed(DEMO)
+    path = news.history.path
+    news.ranker.close()
+    news.history.close()
+    history = History(path)
+    again = NewsState(history, DEFAULT_NEWS_BUNDLE)
+    assert again.ensure_loaded()
+    assert again.ranker.store.encoder_calls == 0
+    assert again.feed(DEMO).ids == before.ids
+    news.ranker, news.history = again.ranker, history  # closed by the fixture
+
+
+def test_import_a_mind_news_tsv(news, tmp_path):
+    tsv = tmp_path / "news.tsv"
+    bad_rows = "N9\tbroken row\n\tsports\tx\tno id\n"
+    tsv.write_text(NEWS_TSV + bad_rows + NEWS_TSV.splitlines()[0] + "\n")
+    report = news.import_news_tsv(tsv)
+    assert (report.rows, report.added, report.replaced) == (5, 5, 0)
+    assert report.vectors_computed == 5
+    assert report.skipped == {
+        "with fewer than 4 columns": 1,
+        "without an id or a title": 1,
+        "repeating an earlier id (last kept)": 1,
+    }
+    assert "skipped 3 rows" in report.summary()
+    assert news.catalogs()[IMPORTED] == 5
+
+    feed = news.feed(IMPORTED)
+    assert sorted(feed.ids) == ["N1", "N2", "N3", "N4", "N5"]
+    assert feed.method == "start"  # no counts for imported news, no clicks yet
+    article = news.open_item("N2")
+    assert article.abstract == "Stocks rose." and article.url == "http://x/2"
+    feed = news.feed(IMPORTED)
+    assert feed.method == "model" and "N2" not in feed.ids
+    assert all("Markets rally" in e.reason for e in feed.entries)
+
+    again = news.import_news_tsv(tsv)  # nothing changed: no vector computed again
+    assert (again.added, again.replaced, again.vectors_computed) == (0, 5, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "no article found"),
+        (b"just one column\n", "no article found"),
+        (b"N1\tsports\tx\tcaf\xe9 au lait\n", "line 1 is not UTF-8"),
+    ],
+)
+def test_bad_news_tsv_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "news.tsv"
+    path.write_bytes(content)
+    with pytest.raises(NewsError, match=message) as info:
+        read_news_tsv(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(NewsError, match="no such file"):
+        read_news_tsv(tmp_path / "missing.tsv")
+
+
+def test_bad_import_keeps_the_catalog(news, tmp_path):
+    bad = tmp_path / "news.tsv"
+    bad.write_bytes(b"N1\tsports\tx\t\xff\n")
+    with pytest.raises(NewsError, match="not UTF-8"):
+        news.import_news_tsv(bad)
+    assert IMPORTED not in news.catalogs()
+    assert news.history.news_articles() == {}
+
+
+def test_no_news_bundle_is_explained(tmp_path):
+    history = History(tmp_path / "pocketrec.db")
+    state = NewsState(history, tmp_path / "missing-bundle")
+    assert not state.ensure_loaded()
+    assert "pocketrec pipeline --domain news" in state.error
+    with pytest.raises(NewsError, match="No news bundle"):
+        state.feed()
+    history.close()
