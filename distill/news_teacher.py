@@ -43,16 +43,16 @@ from torch.nn import functional as F  # noqa: N812
 
 from distill.news_student import AdditivePool
 from distill.teacher import (
-    _LORA_TARGETS,
+    LORA_TARGETS,
     TeacherConfig,
-    _configure_threads,
-    _encode,
-    _is_decoder_config,
-    _load_backbone,
-    _load_tokenizer,
-    _pad,
-    _quiet_transformers,
+    configure_threads,
+    encode_texts,
+    is_decoder_config,
+    load_backbone,
+    load_backbone_tokenizer,
+    pad_batch,
     pool_hidden,
+    quiet_transformers,
     resolve_backbone,
 )
 
@@ -286,7 +286,7 @@ class NewsTeacher(nn.Module):
         self.tokenizer = tokenizer
         config = backbone.config
         if cfg.pooling == "auto":
-            self.pooling = "last" if _is_decoder_config(config) else "mean"
+            self.pooling = "last" if is_decoder_config(config) else "mean"
         else:
             self.pooling = cfg.pooling
         self.hidden_size = int(config.hidden_size)
@@ -312,8 +312,8 @@ class NewsTeacher(nn.Module):
     @classmethod
     def from_config(cls, cfg: NewsTeacherConfig) -> NewsTeacher:
         source = resolve_backbone(cfg.backbone)
-        tokenizer = _load_tokenizer(source, "right")
-        backbone = _load_backbone(source)
+        tokenizer = load_backbone_tokenizer(source, "right")
+        backbone = load_backbone(source)
         if cfg.lora:
             backbone = _wrap_lora(backbone, cfg)
         else:
@@ -359,7 +359,7 @@ class NewsTeacher(nn.Module):
 def _wrap_lora(backbone: nn.Module, cfg: NewsTeacherConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    targets = cfg.lora_targets or _LORA_TARGETS.get(backbone.config.model_type)
+    targets = cfg.lora_targets or LORA_TARGETS.get(backbone.config.model_type)
     lora_cfg = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -375,7 +375,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _item_token_ids(model: NewsTeacher, texts: Sequence[str]) -> list[list[int]]:
-    return _encode(model.tokenizer, texts, model.max_length)
+    return encode_texts(model.tokenizer, texts, model.max_length)
 
 
 def _pool_rows(model: NewsTeacher, token_ids: list[list[int]], rows: np.ndarray) -> Tensor:
@@ -384,7 +384,7 @@ def _pool_rows(model: NewsTeacher, token_ids: list[list[int]], rows: np.ndarray)
     out = torch.zeros((len(rows), model.hidden_size), device=device)
     real = np.flatnonzero(rows > 0)
     if len(real):
-        batch = _pad([token_ids[r - 1] for r in rows[real]], model.pad_token_id)
+        batch = pad_batch([token_ids[r - 1] for r in rows[real]], model.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         out = out.index_put((torch.as_tensor(real, device=device),), model.pooled(**batch))
     return out
@@ -405,7 +405,7 @@ def encode_catalog(
     with torch.no_grad(), tqdm(total=len(order), unit="item", desc=desc, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             pos = order[start : start + batch_size]
-            batch = _pad([token_ids[i] for i in pos], model.pad_token_id)
+            batch = pad_batch([token_ids[i] for i in pos], model.pad_token_id)
             pooled = model.pooled(**{k: v.to(device) for k, v in batch.items()})
             out[torch.as_tensor(pos)] = pooled.float().cpu()
             bar.update(len(pos))
@@ -480,7 +480,7 @@ def train_news_teacher(
     core this process may use, unless OMP_NUM_THREADS says otherwise).
     """
     if threads is None:
-        _configure_threads()
+        configure_threads()
     else:
         torch.set_num_threads(threads)
     log = log or (lambda _msg: None)
@@ -710,12 +710,12 @@ def load_news_teacher(out_dir: str | Path) -> NewsTeacher:
         raise ValueError(f"{path}: unknown format {info.get('format')!r}")
     cfg = NewsTeacherConfig.from_dict(info["config"])
     source = resolve_backbone(cfg.backbone)
-    tokenizer = _load_tokenizer(source, "right")
-    backbone = _load_backbone(source)
+    tokenizer = load_backbone_tokenizer(source, "right")
+    backbone = load_backbone(source)
     if cfg.lora:
         from peft import PeftModel
 
-        with _quiet_transformers():
+        with quiet_transformers():
             backbone = PeftModel.from_pretrained(backbone, str(out / "adapter"))
     backbone.requires_grad_(False)
     model = NewsTeacher(cfg, backbone, tokenizer)

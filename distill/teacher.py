@@ -35,14 +35,23 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 __all__ = [
+    "LORA_TARGETS",
     "TeacherConfig",
     "TeacherModel",
+    "configure_threads",
+    "encode_texts",
     "extract_features",
     "extract_shard",
+    "is_decoder_config",
+    "load_backbone",
+    "load_backbone_tokenizer",
     "load_features",
     "load_teacher",
     "main",
+    "pad_batch",
+    "pool_hidden",
     "predict_proba",
+    "quiet_transformers",
     "resolve_backbone",
     "save_teacher",
     "train_teacher",
@@ -62,7 +71,7 @@ _CAUSAL_TYPES = frozenset(
 
 # LoRA on the query and value projections, as in the LoRA paper; unknown architectures fall
 # back to peft's own per-architecture defaults.
-_LORA_TARGETS = {
+LORA_TARGETS = {
     "bert": ("query", "value"),
     "roberta": ("query", "value"),
     "xlm-roberta": ("query", "value"),
@@ -233,7 +242,7 @@ def _from_pretrained(loader: Any, source: str, **kwargs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence load-time warnings that are expected (e.g. a dropped BERT pooler)."""
     from transformers.utils import logging as hf_logging
 
@@ -245,7 +254,7 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(old)
 
 
-def _is_decoder_config(config: Any) -> bool:
+def is_decoder_config(config: Any) -> bool:
     if getattr(config, "is_decoder", False):
         return True
     if getattr(config, "model_type", None) in _CAUSAL_TYPES:
@@ -254,7 +263,7 @@ def _is_decoder_config(config: Any) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
 
 
-def _load_backbone(source: str) -> nn.Module:
+def load_backbone(source: str) -> nn.Module:
     from transformers import AutoModel
 
     model = _from_pretrained(AutoModel, source, dtype=torch.float32)
@@ -265,7 +274,7 @@ def _load_backbone(source: str) -> nn.Module:
     return model
 
 
-def _load_tokenizer(source: str, truncation_side: str = "left") -> Any:
+def load_backbone_tokenizer(source: str, truncation_side: str = "left") -> Any:
     """Tokenizer padded on the right; decoder tokenizers without a pad token pad with EOS."""
     from transformers import AutoTokenizer
 
@@ -281,7 +290,7 @@ def _load_tokenizer(source: str, truncation_side: str = "left") -> Any:
 
 def load_tokenizer(cfg: TeacherConfig) -> Any:
     """The tokenizer the teacher of `cfg` will use, e.g. to fit prompts to its budget first."""
-    return _load_tokenizer(resolve_backbone(cfg.backbone), cfg.truncation_side)
+    return load_backbone_tokenizer(resolve_backbone(cfg.backbone), cfg.truncation_side)
 
 
 # --------------------------------------------------------------------------- model
@@ -318,7 +327,7 @@ class TeacherModel(nn.Module):
         self.cfg = cfg
         self.n_labels = n_labels
         config = self.backbone_config
-        self.is_decoder = _is_decoder_config(config)
+        self.is_decoder = is_decoder_config(config)
         if cfg.pooling == "auto":
             self.pooling = "last" if self.is_decoder else "mean"
         else:
@@ -335,12 +344,12 @@ class TeacherModel(nn.Module):
     def from_config(cls, cfg: TeacherConfig, n_labels: int) -> TeacherModel:
         """Fresh teacher: pretrained backbone (LoRA-wrapped if ``cfg.lora``), new head."""
         source = resolve_backbone(cfg.backbone)
-        tokenizer = _load_tokenizer(source, cfg.truncation_side)
-        backbone = _load_backbone(source)
+        tokenizer = load_backbone_tokenizer(source, cfg.truncation_side)
+        backbone = load_backbone(source)
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
 
-            targets = cfg.lora_targets or _LORA_TARGETS.get(backbone.config.model_type)
+            targets = cfg.lora_targets or LORA_TARGETS.get(backbone.config.model_type)
             lora_cfg = LoraConfig(
                 r=cfg.lora_r,
                 lora_alpha=cfg.lora_alpha,
@@ -411,15 +420,15 @@ def load_teacher(out_dir: str | Path) -> TeacherModel:
     if info.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: unknown format {info.get('format')!r}")
     cfg = TeacherConfig.from_dict(info["config"])
-    tokenizer = _load_tokenizer(str(out / "tokenizer"), cfg.truncation_side)
+    tokenizer = load_backbone_tokenizer(str(out / "tokenizer"), cfg.truncation_side)
     if cfg.lora:
         from peft import PeftModel
 
-        base = _load_backbone(resolve_backbone(cfg.backbone))
+        base = load_backbone(resolve_backbone(cfg.backbone))
         backbone = PeftModel.from_pretrained(base, str(out / "adapter"), is_trainable=False)
     else:
-        with _quiet_transformers():  # the saved backbone has no pooler; that is intended
-            backbone = _load_backbone(str(out / "backbone"))
+        with quiet_transformers():  # the saved backbone has no pooler; that is intended
+            backbone = load_backbone(str(out / "backbone"))
     model = TeacherModel(backbone, tokenizer, cfg, int(info["n_labels"]))
     if model.pooling != info["pooling"]:
         raise ValueError(f"{cfg_path}: pooling {info['pooling']!r} != rebuilt {model.pooling!r}")
@@ -431,7 +440,7 @@ def load_teacher(out_dir: str | Path) -> TeacherModel:
 # --------------------------------------------------------------------------- data
 
 
-def _configure_threads() -> None:
+def configure_threads() -> None:
     """Use the cores this process may run on, shared among local ranks, unless the user
     already chose via OMP_NUM_THREADS (torchrun sets it to 1 per rank)."""
     if os.environ.get("OMP_NUM_THREADS"):
@@ -444,12 +453,12 @@ def _configure_threads() -> None:
     torch.set_num_threads(max(1, cores // local))
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence of the batch (dynamic padding)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -477,7 +486,7 @@ class _Collator:
     pad_token_id: int
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        out = _pad([b["input_ids"] for b in batch], self.pad_token_id)
+        out = pad_batch([b["input_ids"] for b in batch], self.pad_token_id)
         out["labels"] = torch.as_tensor(np.stack([b["labels"] for b in batch]), dtype=torch.float32)
         return out
 
@@ -586,7 +595,7 @@ def train_teacher(
 
     y_tr = _check_split("train", texts_train, y_train, n_labels)
     y_va = _check_split("val", texts_val, y_val, n_labels)
-    _configure_threads()
+    configure_threads()
     out = Path(out_dir)
     cuda = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -616,8 +625,8 @@ def train_teacher(
     set_seed(cfg.seed)
     model = TeacherModel.from_config(cfg, n_labels)
     tok = model.tokenizer
-    train_ds = _Encoded(_encode(tok, texts_train, model.max_length), y_tr)
-    val_ds = _Encoded(_encode(tok, texts_val, model.max_length), y_va)
+    train_ds = _Encoded(encode_texts(tok, texts_train, model.max_length), y_tr)
+    val_ds = _Encoded(encode_texts(tok, texts_val, model.max_length), y_va)
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -670,14 +679,14 @@ def _run_batches(
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.pad_token_id
-    ids = _encode(tokenizer, texts, model.max_length)
+    ids = encode_texts(tokenizer, texts, model.max_length)
     order = np.argsort([len(s) for s in ids], kind="stable")
     device = _device_of(model)
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             pos = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in _pad([ids[i] for i in pos], pad_id).items()}
+            batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in pos], pad_id).items()}
             out = model(**batch)
             yield pos, out["pooled"].float().cpu(), torch.sigmoid(out["logits"].float()).cpu()
 
@@ -686,7 +695,7 @@ def predict_proba(
     model: TeacherModel, tokenizer: Any, texts: Sequence[str], batch_size: int = 32
 ) -> np.ndarray:
     """Teacher probabilities ``[len(texts), n_labels]`` (float32), in input order."""
-    _configure_threads()
+    configure_threads()
     probs = np.zeros((len(texts), model.n_labels), dtype=np.float32)
     for pos, _, p in _run_batches(model, tokenizer, texts, batch_size):
         probs[pos] = p.numpy()
@@ -834,7 +843,7 @@ def extract_features(
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
-    _configure_threads()
+    configure_threads()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     ids = _check_ids(texts, sample_ids)

@@ -275,7 +275,7 @@ def _export_graph(
     import onnx
     import torch
 
-    from export.onnx import _quiet_exporter, describe, strip_debug_info
+    from export.onnx import describe, quiet_exporter, strip_debug_info
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def _export_graph(
     try:
         module.eval()
         try:
-            with _quiet_exporter(), torch.no_grad():
+            with quiet_exporter(), torch.no_grad():
                 torch.onnx.export(
                     module,
                     args,

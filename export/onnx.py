@@ -221,7 +221,7 @@ def strip_debug_info(model) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """The exporter chats on stdout, logs about torchvision and warns about axis renaming."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
     levels = [lg.level for lg in loggers]
@@ -240,7 +240,7 @@ def _trace(model, args: tuple, path: Path, opset: int) -> None:
     """torch -> ONNX file at `path` (one file: weights inside), quietly."""
     import torch
 
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         torch.onnx.export(
             model,
             args,

@@ -21,11 +21,11 @@ from distill.metrics import prauc
 from distill.teacher import (
     TeacherConfig,
     TeacherModel,
-    _pad,
     extract_features,
     extract_shard,
     load_features,
     load_teacher,
+    pad_batch,
     pool_hidden,
     pooled_features,
     predict_proba,
@@ -95,7 +95,7 @@ def test_last_token_pooling_picks_last_real_token(llama_dir):
     assert model.tokenizer.pad_token == model.tokenizer.eos_token == "</s>"
     texts = ["visit k0", "visit k1 w3 w4 w5", "visit w1 k2 k3"]
     ids = model.tokenizer(texts)["input_ids"]
-    batch = _pad(ids, model.pad_token_id)
+    batch = pad_batch(ids, model.pad_token_id)
     assert batch["attention_mask"].sum(1).tolist() == [len(s) for s in ids]  # right padded
     with torch.no_grad():
         hidden = model.backbone(**batch).last_hidden_state
@@ -113,8 +113,8 @@ def test_mean_pooling_ignores_padding(bert_dir):
     model = TeacherModel.from_config(_cfg(bert_dir, lora=False), N_LABELS).eval()
     assert model.pooling == "mean" and not model.is_decoder
     ids = model.tokenizer(["visit k1 w2 k3"])["input_ids"][0]
-    tight = _pad([ids], model.pad_token_id)
-    padded = _pad([ids + [model.pad_token_id] * 5], model.pad_token_id)
+    tight = pad_batch([ids], model.pad_token_id)
+    padded = pad_batch([ids + [model.pad_token_id] * 5], model.pad_token_id)
     padded["attention_mask"][0, len(ids) :] = 0
     with torch.no_grad():
         a = model(**tight)["pooled"]
@@ -181,7 +181,7 @@ def test_train_teacher_learns_and_round_trips(tmp_path, bert_dir):
 
     again = load_teacher(out)
     assert again.cfg == cfg and again.pooling == "mean"
-    batch = _pad(model.tokenizer(va_texts[:5])["input_ids"], model.pad_token_id)
+    batch = pad_batch(model.tokenizer(va_texts[:5])["input_ids"], model.pad_token_id)
     with torch.no_grad():
         torch.testing.assert_close(again(**batch)["logits"], model.eval()(**batch)["logits"])
 
@@ -250,7 +250,7 @@ def test_extract_features_resumes_from_shards(tmp_path, bert_dir, monkeypatch):
     np.testing.assert_allclose(probs, predict_proba(model, tok, texts), atol=2e-3)
     ids_in = tok(texts)["input_ids"]
     with torch.no_grad():
-        direct = original(**_pad(ids_in, model.pad_token_id))["pooled"].numpy()
+        direct = original(**pad_batch(ids_in, model.pad_token_id))["pooled"].numpy()
     np.testing.assert_allclose(features, direct, atol=2e-3, rtol=2e-3)
 
     # already complete: nothing is recomputed
@@ -297,7 +297,7 @@ def test_embedded_minilm_loads_offline():
     model = TeacherModel.from_config(TeacherConfig(backbone="minilm", max_length=1024), 3).eval()
     assert model.pooling == "mean" and model.hidden_size == 384
     assert model.max_length == 512  # capped at the position table
-    batch = _pad(model.tokenizer(["aspirin 81 mg", "a longer visit text"])["input_ids"], 0)
+    batch = pad_batch(model.tokenizer(["aspirin 81 mg", "a longer visit text"])["input_ids"], 0)
     with torch.no_grad():
         out = model(**batch)
     assert out["pooled"].shape == (2, 384) and out["logits"].shape == (2, 3)
