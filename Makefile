@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean bundle
+.PHONY: setup demo test lint clean bundle bundle-news
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ bundle: setup
 	$(BIN)/pocketrec pipeline --domain medication --source mimic4-demo --out runs/demo --force
 	rm -rf assets/bundles/medication-demo
 	cp -r runs/demo/bundle assets/bundles/medication-demo
+
+# rebuild the shipped news bundle from the embedded MovieLens small (full run, see README)
+bundle-news: setup
+	$(BIN)/pocketrec pipeline --domain news --source movielens-demo --out runs/news --force
+	rm -rf assets/bundles/news-demo
+	cp -r runs/news/bundle assets/bundles/news-demo
 
 test: setup
 	$(BIN)/python -m pytest -q

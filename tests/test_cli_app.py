@@ -46,3 +46,15 @@ def test_restore_refuses_a_file_that_is_not_a_pocketrec_database(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("pocketrec: error:") and "junk.db" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_app_refuses_an_unusable_database_or_bundle_before_serving(tmp_path):
+    folder = tmp_path / "a-folder.db"
+    folder.mkdir()
+    result = cli("app", "--web", "--db", str(folder))
+    assert result.returncode == 2
+    assert "pocketrec: error: app:" in result.stderr and "is a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = cli("app", "--web", "--db", str(tmp_path / "ok.db"), "--bundle", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pocketrec: error: app:" in result.stderr
