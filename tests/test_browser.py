@@ -499,6 +499,22 @@ def test_news_feed_learns_from_three_opened_items(browser, bundle_dir, tmp_path)
             # (the reasons of other rows name it: "Close to what you opened: <title> ...")
             assert not any(row.startswith(title) for row in after), f"{title!r} is still listed"
         screenshot(page, "news-feed.png")
+
+        # a MIND news.tsv of the reader's own, imported by path: its catalog becomes the feed
+        tsv = tmp_path / "news.tsv"
+        tsv.write_text(
+            "N1\tsports\tfootball\tLocal team wins the cup final\tA late goal.\t\t[]\t[]\n"
+            "N2\tfinance\tmarkets\tMarkets rally on rate cut hopes\tStocks rose.\t\t[]\t[]\n"
+            "broken row\n",
+            encoding="utf-8",
+        )
+        type_into(page, "news-import-path", str(tsv))
+        click(page, "news-import")
+        wait_text(page, "news-status", "2 new and 0 updated articles")
+        assert "skipped 1 rows" in text_of(page, "news-status")
+        wait_text(page, "news-catalog", "Imported news (2)")
+        imported = " ".join(_feed_titles(page))
+        assert "Local team wins" in imported and "Markets rally" in imported
     with sqlite3.connect(running["db"]) as conn:
         clicks = conn.execute("SELECT count(*) FROM news_clicks").fetchone()[0]
     assert clicks == 3

@@ -63,14 +63,20 @@ class NewsView:
                     ],
                     vertical_alignment=ft.CrossAxisAlignment.START,
                 ),
-                ft.Divider(),
-                ft.Row(
+                # a shared kiosk reads no server-side paths typed by whoever stands at it
+                ft.Column(
                     [
-                        tid("news-import-path", self.import_path),
-                        tid("news-import", self.import_button),
-                    ]
+                        ft.Divider(),
+                        ft.Row(
+                            [
+                                tid("news-import-path", self.import_path),
+                                tid("news-import", self.import_button),
+                            ]
+                        ),
+                        tid("news-status", self.status),
+                    ],
+                    visible=not shell.state.kiosk.enabled,
                 ),
-                tid("news-status", self.status),
             ],
             spacing=12,
             scroll=ft.ScrollMode.AUTO,
