@@ -178,3 +178,51 @@ def test_no_news_bundle_is_explained(tmp_path):
     with pytest.raises(NewsError, match="No news bundle"):
         state.feed()
     history.close()
+
+
+def _rehashed_copy(tmp_path, edit_catalog=None, edit_manifest=None):
+    """A copy of the shipped news bundle with its catalog or manifest edited and the hashes
+    made right again, so that the content checks after the hash check are what is tested."""
+    import gzip
+    import hashlib
+    import json
+
+    from app.news_runtime import load_news_bundle
+
+    folder = shutil.copytree(DEFAULT_NEWS_BUNDLE, tmp_path / "bundle")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    name = manifest["catalog"]
+    if edit_catalog:
+        catalog = json.loads(gzip.decompress((folder / name).read_bytes()))
+        edit_catalog(catalog)
+        (folder / name).write_bytes(gzip.compress(json.dumps(catalog).encode()))
+        manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    if edit_manifest:
+        edit_manifest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return lambda: load_news_bundle(folder)
+
+
+def test_bad_cold_start_data_in_a_bundle_is_refused(tmp_path):
+    from app.news_runtime import BundleError
+
+    def negative(catalog):
+        catalog[next(iter(catalog))]["clicks"] = -3
+
+    with pytest.raises(BundleError, match="'clicks' must be a number >= 0, got -3"):
+        _rehashed_copy(tmp_path / "a", edit_catalog=negative)()
+
+    def text_time(catalog):
+        catalog[next(iter(catalog))]["seen"] = "yesterday"
+
+    with pytest.raises(BundleError, match="'seen' must be a number"):
+        _rehashed_copy(tmp_path / "b", edit_catalog=text_time)()
+
+    def no_half_life(manifest):
+        manifest["cold_start"] = {"now": 0, "half_life_hours": 0}
+
+    with pytest.raises(BundleError, match="cold_start"):
+        _rehashed_copy(tmp_path / "c", edit_manifest=no_half_life)()
+    # the untouched copy loads, with its cold-start data
+    bundle = _rehashed_copy(tmp_path / "d")()
+    assert bundle.clicks and bundle.seen and bundle.cold_start["half_life_hours"] > 0
