@@ -106,6 +106,39 @@ def empty_hadm_id(tmp_path):
     return Broken(folder, "mimic3", path.name, ("line 3", "empty hadm_id", "expected an id"))
 
 
+def nan_subject_id(tmp_path):
+    folder = copy_demo(tmp_path, "mimic3")
+    path = folder / "ADMISSIONS.csv.gz"
+    edit_line(path, 3, lambda line: replace_field(line, 1, "NaN"))
+    return Broken(folder, "mimic3", path.name, ("line 4", "subject_id is 'NaN'", "missing value"))
+
+
+def null_patient_id(tmp_path):
+    folder = copy_demo(tmp_path, "mimic4")
+    path = folder / "patients.csv.gz"
+    edit_line(path, 6, lambda line: replace_field(line, 0, "NULL"))
+    return Broken(folder, "mimic4", path.name, ("line 7", "subject_id is 'NULL'", "expected an id"))
+
+
+def huge_code_field(tmp_path):
+    folder = copy_demo(tmp_path, "mimic3")
+    path = folder / "DIAGNOSES_ICD.csv.gz"
+    edit_line(path, 9, lambda line: replace_field(line, 4, "4" * 2_000_000))
+    return Broken(folder, "mimic3", path.name, ("line 10", "icd9_code holds 2,000,000 characters"))
+
+
+def huge_quoted_drug_name(tmp_path):
+    # an unclosed quote swallows the rest of the file into one field
+    folder = copy_demo(tmp_path, "mimic4")
+    path = folder / "prescriptions.csv.gz"
+    lines = read_lines(path)
+    header = lines[0].rstrip("\r\n").split(",")
+    at = header.index("drug")
+    lines[4] = replace_field(lines[4], at, '"Heparin')
+    write_gz(path, "".join(lines))
+    return Broken(folder, "mimic4", path.name, ("column drug holds", "stray quote"))
+
+
 def truncated_gzip(tmp_path):
     folder = copy_demo(tmp_path, "mimic3")
     path = folder / "PRESCRIPTIONS.csv.gz"
@@ -170,6 +203,10 @@ CASES = [
     bad_admittime,
     icd_version_11,
     empty_hadm_id,
+    nan_subject_id,
+    null_patient_id,
+    huge_code_field,
+    huge_quoted_drug_name,
     truncated_gzip,
     truncated_gzip_header,
     latin1_row,
@@ -243,6 +280,19 @@ def test_cli_rejects_bad_argument_combinations(args, message):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_missing_value_spellings_in_code_columns_are_counted_not_codes(tmp_path):
+    folder = copy_demo(tmp_path, "mimic3")
+    path = folder / "DIAGNOSES_ICD.csv.gz"
+    lines = read_lines(path)
+    for k in (2, 3, 4):
+        lines[k] = replace_field(lines[k], 4, ("NaN", "null", " n/a ")[k - 2])
+    write_gz(path, "".join(lines))
+    cohort = load_cohort(path=folder, fmt="mimic3")
+    assert cohort.report.skipped["diagnoses: empty code"] == 3
+    codes = {c for v in cohort.visits for c in v.diagnoses}
+    assert not {c for c in codes if c.split(":", 1)[1].lower() in ("nan", "null", "n/a")}
 
 
 def test_unknown_source_is_a_data_error():

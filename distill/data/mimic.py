@@ -19,6 +19,7 @@ from distill.data.tables import (
     CHUNK_ROWS,
     DataError,
     find_table,
+    is_missing,
     parse_times,
     read_table,
     require_values,
@@ -95,7 +96,7 @@ def _icd_codes(
                 f"{path}: line {chunk.at[i, 'line']}: icd_version is {version[i]!r}, "
                 "expected 9 or 10"
             )
-        empty = code == ""
+        empty = is_missing(code)  # "" or "NaN": counted, never a code
         unknown = ~empty & ~hadm.isin(known)
         report.skipped[f"{table}: empty code"] += int(empty.sum())
         report.skipped[f"{table}: unknown admission"] += int(unknown.sum())

@@ -17,6 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 CHUNK_ROWS = 200_000
+# no field of a clinical table is this long; one that is means a stray quote swallowed rows or
+# the file is corrupt, and it must not become a code or fill a report
+MAX_FIELD_CHARS = 10_000
+# how exports spell a missing value (pandas writes "nan", databases "NULL"); compared lower-case
+MISSING_VALUES = frozenset({"nan", "null", "none", "na", "n/a", "#n/a"})
 
 
 class DataError(Exception):
@@ -95,6 +100,7 @@ def read_table(
             chunk = chunk[list(cols.values())].rename(columns=rename)
             chunk["line"] = range(start, start + len(chunk))
             start += len(chunk)
+            _check_field_sizes(chunk, path)
             yield chunk
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: unparsable row after line {start - 1}: {e}") from None
@@ -128,9 +134,30 @@ def parse_times(
     return parsed.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")
 
 
+def _check_field_sizes(chunk: pd.DataFrame, path: Path) -> None:
+    for column in chunk.columns.drop("line"):
+        sizes = chunk[column].str.len()
+        if len(sizes) and sizes.max() > MAX_FIELD_CHARS:
+            i = sizes.idxmax()
+            raise DataError(
+                f"{path}: line {chunk.at[i, 'line']}: column {column} holds {sizes[i]:,} "
+                f"characters (at most {MAX_FIELD_CHARS:,} expected: a stray quote or a corrupt "
+                "file?)"
+            )
+
+
+def is_missing(values: pd.Series) -> pd.Series:
+    """True where a (stripped) value is empty or a spelling of a missing value ("NaN")."""
+    stripped = values.str.strip()
+    return (stripped == "") | stripped.str.lower().isin(MISSING_VALUES)
+
+
 def require_values(chunk: pd.DataFrame, column: str, path: Path) -> None:
-    """Fail on an empty value in a key column, naming the first line that has one."""
-    empty = chunk[column].str.strip() == ""
-    if empty.any():
-        i = empty.idxmax()
-        raise DataError(f"{path}: line {chunk.at[i, 'line']}: empty {column} (expected an id)")
+    """Fail on an empty or missing ("NaN", "NULL") value in a key column, naming the first line
+    that has one."""
+    missing = is_missing(chunk[column])
+    if missing.any():
+        i = missing.idxmax()
+        value = chunk.at[i, column].strip()
+        what = f"empty {column}" if not value else f"{column} is {value!r}, a missing value"
+        raise DataError(f"{path}: line {chunk.at[i, 'line']}: {what} (expected an id)")
