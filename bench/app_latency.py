@@ -17,7 +17,8 @@ Flutter web paints on a canvas; its semantics tree (switched on by clicking the
 `flt-semantics-identifier` attribute is the app's `ft.Semantics(identifier=...)`. The click ->
 update times are taken on the browser's clock: a capture listener stamps the click's
 `pointerdown`, a MutationObserver stamps the first DOM batch in which the new rows are there. The
-launch splits are taken on this process's clock when Playwright sees each step.
+launch splits are taken on this process's clock when Playwright sees each step. The server,
+Chromium and the page helpers come from bench/flet_driver.py, shared with the browser tests.
 
 Usage: python bench/app_latency.py [--runs 5] [--bundle assets/bundles/medication-demo]
 Writes bench/results/app_latency.json (machine, method, targets, raw samples).
@@ -27,53 +28,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
-import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.state import AppState, CodeIndex, PatientForm  # noqa: E402
+from app.state import AppState, PatientForm  # noqa: E402
+from bench import flet_driver as fd  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-DEFAULT_BUNDLE = ROOT / "assets" / "bundles" / "medication-demo"
 OUT = ROOT / "bench" / "results" / "app_latency.json"
-HOST = "127.0.0.1"
-VIEWPORT = {"width": 1440, "height": 1000}
 TARGET_LAUNCH_S = 1.5  # first suggestions on screen after launch
 TARGET_UPDATE_MS = 100.0  # suggestions after a code is entered
-SERVER_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_MS = 60_000
 STEP_TIMEOUT_MS = 15_000
 PORT_POLL_S = 0.02
-KEY_DELAY_MS = 35  # between typed keys; Flutter loses keys typed faster right after a focus
-FOCUS_PAUSE_MS = 150  # after the field has the focus, before typing
-CHECK_PAUSE_MS = 100  # after typing, before reading the field back
 QUIET_MS = 250  # the type-ahead options unchanged this long = the server answered every key
-DONE_TEXT = "at or above the threshold"  # the status line once a Suggest has finished
 STALE_TEXT = "codes changed"  # the status line after a code was added or removed
 CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+    *fd.CHROMIUM_ARGS,
     # offline: every host name but 127.0.0.1 fails to resolve (no request leaves the machine)
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
@@ -87,8 +64,6 @@ LAUNCH_KEYS = (  # per launch run: seconds, but "suggest_browser" in ms
     "suggest_browser",
     "total_minus_input",
 )
-_UNSAFE = re.compile(r"[^0-9A-Za-z_.:-]")
-
 # Installed in the page before a Suggest click; `window.__bench` ends with browser-clock stamps.
 RECORDER_JS = """(cfg) => {
   const rowSel = '[flt-semantics-identifier^="suggestion-"]';
@@ -141,119 +116,9 @@ RECORDER_JS = """(cfg) => {
   return true;
 }"""
 
-IDS_JS = """() => [...document.querySelectorAll('[flt-semantics-identifier]')]
-    .map(e => e.getAttribute('flt-semantics-identifier'))"""
-
 
 class BenchError(RuntimeError):
     pass
-
-
-# ------------------------------------------------------------------ small helpers
-
-
-def ident(*parts: object) -> str:
-    """The app's identifier for a code: parts joined by "-", unusual characters as "_"."""
-    return "-".join(_UNSAFE.sub("_", str(p)) for p in parts)
-
-
-def sel(identifier: str) -> str:
-    return f'[flt-semantics-identifier="{identifier}"]'
-
-
-def stats_ms(samples_ms: list[float]) -> dict:
-    if not samples_ms:
-        return {"n": 0}
-    a = np.asarray(samples_ms, dtype=np.float64)
-    return {
-        "n": int(a.size),
-        "p50_ms": float(np.percentile(a, 50)),
-        "p95_ms": float(np.percentile(a, 95)),
-        "mean_ms": float(a.mean()),
-        "min_ms": float(a.min()),
-        "max_ms": float(a.max()),
-    }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_gib = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "memory_gib": mem_gib,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "flet": version_of("flet"),
-        "flet-web": version_of("flet-web"),
-        "playwright": version_of("playwright"),
-        "onnxruntime": version_of("onnxruntime"),
-        "numpy": np.__version__,
-    }
-
-
-class Pauses:
-    """The scripted input's deliberate waits (key delays and fixed pauses) in ms, and how many
-    times a field had to be typed again."""
-
-    def __init__(self) -> None:
-        self.ms = 0.0
-        self.retypes = 0
-
-    def wait(self, page, ms: int) -> None:
-        self.ms += ms
-        page.wait_for_timeout(ms)
-
-
-# ------------------------------------------------------------------ the codes to enter
-
-
-def query_for(index: CodeIndex, code: str) -> str | None:
-    """Words of the code's title to type (two words, the second cut to 5 letters, preferred)
-    for which the type-ahead lists the code among its first three options."""
-    words = [w.lower() for w in index.title(code).replace(",", " ").split()]
-    words = [w for w in words if w.isascii() and w.isalpha() and len(w) > 2][:4]
-    pairs = [f"{a} {b[:5]}" for a, b in zip(words, words[1:], strict=False)]
-    for query in sorted(pairs, key=len) + sorted(words, key=len):
-        if code in [o.code for o in index.search(query, limit=3)]:
-            return query
-    return None
-
-
-def pick_codes(state: AppState, n: int) -> list[tuple[str, str]]:
-    """`n` frequent diagnoses (vocabulary order) with a title, each with a query to type."""
-    out = []
-    for code in state.bundle.vocabs["diagnoses"]:
-        if code in ("<pad>", "<unk>") or code not in state.bundle.titles:
-            continue
-        query = query_for(state.dx_index, code)
-        if query:
-            out.append((code, query))
-        if len(out) == n:
-            return out
-    raise BenchError(f"only {len(out)} diagnoses with a usable type-ahead query; need {n}")
 
 
 # ------------------------------------------------------------------ below the UI
@@ -289,152 +154,48 @@ def bench_in_process(bundle: Path, codes: list[tuple[str, str]], calls: int, tmp
         "backend": first.backend,
         "suggestions_per_call": len(first.suggestions),
         "samples_ms": samples,
-        "stats": stats_ms(samples),
+        "stats": fd.summarize(samples, "_ms"),
     }
 
 
-# ------------------------------------------------------------------ the server
-
-
-class Server:
-    """`app.main.run(web=True, ...)` in its own process group on a free 127.0.0.1 port."""
-
-    def __init__(self, bundle: Path, tmp: Path):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}/"
-        self.db = tmp / "pocketrec.db"
-        self.log_path = tmp / "server.log"
-        self.bundle = bundle
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-        env.update(
-            POCKETREC_NO_BROWSER="1",
-            FLET_FORCE_WEB_SERVER="1",
-            FLET_WEB_NO_CDN="1",
-            FLET_LOG_LEVEL="error",
-            PYTHONUNBUFFERED="1",
-        )
-        code = (
-            "from app.main import run; "
-            f"run(web=True, port={self.port}, db={str(self.db)!r}, bundle={str(self.bundle)!r})"
-        )
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() ends it and its children
-            )
-
-    def wait_http(self) -> None:
-        deadline = time.monotonic() + SERVER_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc is None or self.proc.poll() is not None:
-                raise BenchError(f"the app exited before answering on {self.url}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"the app did not answer on {self.url} in time:\n{self.log()}")
-            time.sleep(PORT_POLL_S)
-
-    def log(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-3000:]
-        return ""
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 # ------------------------------------------------------------------ driving the page
+# (this bench bounds every wait and click by its own step timeout)
 
 
-def wait_node(page, identifier: str, timeout: int = STEP_TIMEOUT_MS):
-    page.wait_for_selector(sel(identifier), state="attached", timeout=timeout)
-    return page.locator(sel(identifier)).first
+def wait_node(page, identifier: str):
+    return fd.wait_for(page, identifier, STEP_TIMEOUT_MS)
 
 
-def tap(page, identifier: str, inner: str = "[flt-tappable], [role=button], input") -> None:
-    """Click the tappable element under the node `identifier` (or the node itself)."""
-    node = wait_node(page, identifier)
-    target = node.locator(inner).first
-    if target.count():
-        target.click(timeout=STEP_TIMEOUT_MS)
-    else:
-        node.click(force=True, timeout=STEP_TIMEOUT_MS)
+def tap(page, identifier: str) -> None:
+    fd.click(page, identifier, STEP_TIMEOUT_MS, click_timeout_ms=STEP_TIMEOUT_MS)
 
 
-def enter_text(page, identifier: str, text: str, pauses: Pauses, tries: int = 3) -> None:
-    """Focus the field `identifier`, wait until Flutter has the focus there, type key by key,
-    and type again when the field does not read back what was typed."""
-    wait_node(page, identifier)
-    field = page.locator(f"{sel(identifier)} input, {sel(identifier)} textarea").first
-    for attempt in range(tries):
-        pauses.retypes += attempt > 0
-        field.click(timeout=STEP_TIMEOUT_MS)
-        page.wait_for_function(
-            "el => document.activeElement === el", arg=field.element_handle(), timeout=5_000
-        )
-        pauses.wait(page, FOCUS_PAUSE_MS)
-        page.keyboard.press("Control+A")
-        page.keyboard.press("Delete")
-        page.keyboard.type(text, delay=KEY_DELAY_MS)
-        pauses.ms += KEY_DELAY_MS * len(text)
-        pauses.wait(page, CHECK_PAUSE_MS)
-        if field.input_value() == text:
-            return
-    raise BenchError(f"typing {text!r} into {identifier!r} gave {field.input_value()!r}")
+def enter_text(page, identifier: str, text: str, pauses: fd.Pauses) -> None:
+    ms = STEP_TIMEOUT_MS
+    fd.type_into(page, identifier, text, pauses=pauses, timeout_ms=ms, click_timeout_ms=ms)
 
 
-def wait_quiet(page, identifier: str, pauses: Pauses, timeout_ms: int = 5_000) -> None:
+def wait_quiet(page, identifier: str, pauses: fd.Pauses) -> None:
     """Wait until the identifiers under `identifier` stay the same for QUIET_MS."""
-    js = f"""() => [...document.querySelectorAll('{sel(identifier)} [flt-semantics-identifier]')]
-        .map(e => e.getAttribute('flt-semantics-identifier')).join(',')"""
-    start = time.monotonic()
-    deadline = start + timeout_ms / 1000
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        now = page.evaluate(js)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= QUIET_MS / 1000:
-            break
-        page.wait_for_timeout(40)
-    pauses.ms += (time.monotonic() - since) * 1e3 if last is not None else 0.0
+    quiet_ms = fd.wait_quiet(page, fd.IDS_UNDER_JS, identifier, QUIET_MS, 5_000, poll_ms=40)
+    pauses.ms += quiet_ms
 
 
-def add_diagnosis(page, code: str, query: str, pauses: Pauses) -> None:
+def add_diagnosis(page, code: str, query: str, pauses: fd.Pauses) -> None:
     enter_text(page, "dx-search", query, pauses)
-    wait_node(page, ident("dx", "option", code))
+    option = fd.ident("dx", "option", code)
+    wait_node(page, option)
     wait_quiet(page, "dx-options", pauses)
-    tap(page, ident("dx", "option", code))
-    wait_node(page, ident("dx", "chip", code))
+    tap(page, option)
+    wait_node(page, fd.ident("dx", "chip", code))
 
 
 def remove_diagnosis(page, code: str) -> None:
     """The chip's Remove button (forced: the chip itself is a disabled checkbox, and
     Playwright counts the button as disabled along with it)."""
-    node = wait_node(page, ident("dx", "chip", code))
+    node = wait_node(page, fd.ident("dx", "chip", code))
     node.locator("[role=button]").first.click(force=True, timeout=STEP_TIMEOUT_MS)
-    page.wait_for_selector(sel(ident("dx", "chip", code)), state="detached", timeout=5_000)
+    page.wait_for_selector(fd.sel(fd.ident("dx", "chip", code)), state="detached", timeout=5_000)
 
 
 def status_text(page) -> str:
@@ -444,7 +205,7 @@ def status_text(page) -> str:
 
 def timed_suggest(page, mode: str) -> dict:
     """Click Suggest; browser-clock stamps (see RECORDER_JS) plus this process's view."""
-    page.evaluate(RECORDER_JS, {"mode": mode, "doneText": DONE_TEXT})
+    page.evaluate(RECORDER_JS, {"mode": mode, "doneText": fd.DONE_TEXT})
     t_call = time.monotonic()
     tap(page, "visit-suggest")
     page.wait_for_function(
@@ -468,19 +229,16 @@ def load_app(page, url: str) -> list[str]:
     """Open the app in `page`, switch Flutter's semantics tree on, wait for the first input
     field; returns the (live) list of requests made to hosts other than 127.0.0.1."""
     external: list[str] = []
-    local = f"http://{HOST}:"
+    local = f"http://{fd.HOST}:"
 
     def on_request(request) -> None:
-        if not request.url.startswith((local, "blob:", "data:")):
+        if not fd.is_app_request(request.url, local):
             external.append(request.url)
 
     page.on("request", on_request)
     page.goto(url, wait_until="commit", timeout=LOAD_TIMEOUT_MS)
-    page.wait_for_selector("flt-semantics-placeholder", state="attached", timeout=LOAD_TIMEOUT_MS)
-    page.evaluate("document.querySelector('flt-semantics-placeholder').click()")
-    page.wait_for_selector(
-        f"{sel('new-patient-name')} input", state="attached", timeout=STEP_TIMEOUT_MS
-    )
+    ready = f"{fd.sel('new-patient-name')} input"
+    fd.enable_semantics(page, ready, LOAD_TIMEOUT_MS, STEP_TIMEOUT_MS)
     return external
 
 
@@ -489,20 +247,20 @@ def load_app(page, url: str) -> list[str]:
 
 def launch_run(browser, bundle: Path, codes, run: int, tmp: Path, holder: dict, after=None):
     """One launch -> first suggestions; `after(page)` runs on the same page before cleanup."""
-    server = Server(bundle, tmp)
+    server = fd.AppServer(bundle, tmp, poll_s=PORT_POLL_S, stop_timeout_s=10.0)
     holder["server"] = server
     context = page = None
     try:
         t0 = time.monotonic()
         server.start()
-        server.wait_http()
+        server.wait_ready()
         t_http = time.monotonic()
-        context = browser.new_context(viewport=VIEWPORT)  # empty cache every run
+        context = browser.new_context(viewport=fd.VIEWPORT)  # empty cache every run
         page = context.new_page()
         external = load_app(page, server.url)
         t_ready = time.monotonic()
 
-        pauses = Pauses()
+        pauses = fd.Pauses()
         enter_text(page, "new-patient-name", f"Bench Patient {run}", pauses)
         tap(page, "new-patient-create")
         wait_node(page, "dx-search")
@@ -532,8 +290,8 @@ def launch_run(browser, bundle: Path, codes, run: int, tmp: Path, holder: dict, 
     except BaseException:
         if page is not None:
             with contextlib.suppress(Exception):
-                print(f"identifiers on the page: {page.evaluate(IDS_JS)}", file=sys.stderr)
-        print(f"server log (tail):\n{server.log()}", file=sys.stderr)
+                print(f"identifiers on the page: {page.evaluate(fd.ALL_IDS_JS)}", file=sys.stderr)
+        print(f"server log (tail):\n{server.log_tail(3000)}", file=sys.stderr)
         raise
     finally:
         if context is not None:
@@ -551,9 +309,9 @@ def update_samples(page, codes, n: int, deadline: float) -> list[dict]:
             print(f"time budget reached after {i} of {n} updates", file=sys.stderr)
             break
         code, query = codes[1 + i % (len(codes) - 1)]
-        add_diagnosis(page, code, query, Pauses())
+        add_diagnosis(page, code, query, fd.Pauses())
         before = status_text(page)
-        if STALE_TEXT not in before or DONE_TEXT in before:
+        if STALE_TEXT not in before or fd.DONE_TEXT in before:
             raise BenchError(f"unexpected status before Suggest: {before!r}")
         rec = timed_suggest(page, "update")
         out.append(
@@ -634,22 +392,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 METHOD = {
     "launch": (
         "t0 just before the server process (python -c 'app.main.run(web=True, ...)', fresh temp "
@@ -700,7 +442,7 @@ METHOD = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="launch -> first suggestions runs")
-    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    ap.add_argument("--bundle", type=Path, default=fd.SHIPPED_BUNDLE)
     ap.add_argument("--updates", type=int, default=10, help="suggest-after-a-code samples")
     ap.add_argument("--calls", type=int, default=50, help="in-process suggest() calls")
     ap.add_argument("--budget-s", type=float, default=150.0, help="stop adding samples after")
@@ -710,37 +452,22 @@ def main() -> int:
     if args.runs < 1 or args.updates < 1 or args.calls < 1:
         ap.error("--runs, --updates and --calls must be at least 1")
     bundle = args.bundle.resolve()
-    if not CHROMIUM.exists():
-        print(f"{CHROMIUM} is missing: cannot drive the app in a browser", file=sys.stderr)
+    missing = fd.chromium_missing()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     from playwright.sync_api import sync_playwright
 
-    def on_term(signum, frame) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks: server stopped
-
-    signal.signal(signal.SIGTERM, on_term)
-
+    fd.exit_on_sigterm()
     started = time.monotonic()
     deadline = started + args.budget_s
     holder: dict = {"server": None}
-
-    def hard_stop() -> None:
-        print(f"hard timeout ({args.hard_timeout_s:.0f} s): stopping", file=sys.stderr)
-        server = holder.get("server")
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
-        os._exit(3)
-
-    watchdog = threading.Timer(args.hard_timeout_s, hard_stop)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = fd.start_watchdog(args.hard_timeout_s, holder)
 
     with tempfile.TemporaryDirectory(prefix="pocketrec-app-latency-") as tmp_name:
         tmp = Path(tmp_name)
-        codes_state = AppState.open(bundle, tmp / "codes.db")
-        codes = pick_codes(codes_state, 1 + min(args.updates, 10))
-        del codes_state
+        n_codes = 1 + min(args.updates, 10)
+        codes = fd.diagnosis_pool(bundle, n_codes, need=n_codes)
         print(f"in process: {args.calls} suggest() calls", file=sys.stderr)
         in_process = bench_in_process(bundle, codes, args.calls, tmp)
 
@@ -749,7 +476,7 @@ def main() -> int:
         try:
             with sync_playwright() as pw:
                 t = time.monotonic()
-                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                browser = fd.launch_chromium(pw, CHROMIUM_ARGS)
                 browser_launch_s = time.monotonic() - t
                 try:
                     for run in range(1, args.runs + 1):
@@ -783,11 +510,13 @@ def main() -> int:
 
     summary = {
         "launch_ms": {
-            k: stats_ms([s[k] * (1.0 if k == "suggest_browser" else 1e3) for s in launches])
+            k: fd.summarize(
+                [s[k] * (1.0 if k == "suggest_browser" else 1e3) for s in launches], "_ms"
+            )
             for k in LAUNCH_KEYS
         },
         "update_ms": {
-            k: stats_ms([u[f"{k}_ms"] for u in updates if u[f"{k}_ms"] is not None])
+            k: fd.summarize([u[f"{k}_ms"] for u in updates if u[f"{k}_ms"] is not None], "_ms")
             for k in (
                 "click_to_done",
                 "click_to_scoring",
@@ -797,7 +526,7 @@ def main() -> int:
         },
         "in_process_ms": in_process["stats"],
     }
-    machine = machine_info()
+    machine = fd.machine_info()
     machine["chromium"] = chromium_version
     machine["backend"] = in_process["backend"]
     result = {
@@ -807,9 +536,9 @@ def main() -> int:
             "runs": args.runs,
             "updates": args.updates,
             "calls": args.calls,
-            "viewport": VIEWPORT,
+            "viewport": fd.VIEWPORT,
             "chromium_args": CHROMIUM_ARGS,
-            "key_delay_ms": KEY_DELAY_MS,
+            "key_delay_ms": fd.KEY_DELAY_MS,
             "browser_launch_s_untimed": browser_launch_s,
             "wall_s": time.monotonic() - started,
         },
@@ -828,7 +557,7 @@ def main() -> int:
         },
     }
     result["table_markdown"] = table(result)
-    write_atomic(args.out, result)
+    fd.write_json_atomic(args.out, result)
     print(result["table_markdown"])
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} ({result['config']['wall_s']:.0f} s)")
     return 0

@@ -25,7 +25,9 @@ prefix the UI showed.
 Flutter web paints on a canvas; its semantics tree (switched on by clicking the
 `flt-semantics-placeholder` element) mirrors the widgets as elements whose
 `flt-semantics-identifier` attribute is the app's `ft.Semantics(identifier=...)`: the selectors
-use that. Every request not addressed to the app's own server is aborted with `page.route`.
+use that. Every request not addressed to the app's own server is aborted with `page.route`. The
+server, Chromium, the page's JavaScript probes and the CPU accounting come from
+bench/flet_driver.py, shared with bench/app_latency.py and the browser tests.
 
 After the run the server is stopped and the database opened with `app.history.History`: for
 each session's patients, every confirmed visit must be there (else it is LOST) and whole: its
@@ -43,86 +45,64 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import random
 import re
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.history import History  # noqa: E402
-from app.runtime import load_bundle  # noqa: E402
-from app.state import CodeIndex  # noqa: E402
+from bench import flet_driver as fd  # noqa: E402
+from bench.flet_driver import (  # noqa: E402
+    CHECK_PAUSE_MS,
+    CHROMIUM_ARGS,
+    DONE_TEXT,
+    FOCUS_PAUSE_MS,
+    HOST,
+    KEY_DELAY_MS,
+    TEXT_BY_ID_JS,
+    VIEWPORT,
+    AppServer,
+    SetupError,
+    TypingError,
+    ident,
+    sel,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-BUNDLE = ROOT / "assets" / "bundles" / "medication-demo"
+BUNDLE = fd.SHIPPED_BUNDLE
 OUT = ROOT / "bench" / "results" / "kiosk_load.json"
-HOST = "127.0.0.1"
-VIEWPORT = {"width": 1440, "height": 1000}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SERVER_START_S = 60.0
-KEY_DELAY_MS = 35  # Flutter drops keys typed faster right after a focus change
-FOCUS_PAUSE_MS = 150
 FOCUS_WAIT_MS = 10_000  # no focus in the field by then: click it again
-CHECK_PAUSE_MS = 100
 QUIET_MS = 400  # type-ahead options unchanged this long: the server has answered every key
 QUIET_MAX_MS = 6_000
 POLL_MS = 100
-DONE_TEXT = "at or above the threshold"  # the status line after a finished Suggest
 SAVED_RE = re.compile(r"Saved visit ([0-9a-f]{8})")
 DX_POOL = 40  # frequent diagnoses to draw from
 OPTION_WAIT_MS = 10_000  # no type-ahead option by then: look at the field, type again
 TYPEAHEAD_TRIES = 3
-_UNSAFE = re.compile(r"[^0-9A-Za-z_.:-]")
-
-# The text under the node carrying an identifier (text nodes or aria-labels), null if absent.
-TEXT_FN = r"""(id) => {
-  const el = document.querySelector(`[flt-semantics-identifier="${id}"]`);
-  if (!el) return null;
-  return [el, ...el.querySelectorAll('*')]
-    .map(n => (n.getAttribute('aria-label') || '') + ' ' + (n.children.length ? '' : n.textContent))
-    .join(' ').replace(/\s+/g, ' ').trim();
-}"""
 
 WAIT_TEXT_JS = f"""([id, needle]) => {{
-  const text = ({TEXT_FN})(id);
+  const text = ({TEXT_BY_ID_JS})(id);
   return text !== null && text.toLowerCase().includes(needle.toLowerCase());
 }}"""
 
 # After Save: resolves to the status text once it is neither the Suggest result nor "Saving…".
 SAVE_DONE_JS = f"""([id, doneText]) => {{
-  const text = ({TEXT_FN})(id) || '';
+  const text = ({TEXT_BY_ID_JS})(id) || '';
   if (!text || text.includes('Saving') || text.includes(doneText)) return false;
   return text;
 }}"""
 
 # After Create patient: resolves to the header's patient text once a patient is open.
 OPENED_JS = f"""(id) => {{
-  const text = ({TEXT_FN})(id);
+  const text = ({TEXT_BY_ID_JS})(id);
   return text && !text.includes('No patient open') ? text : false;
 }}"""
 
@@ -132,10 +112,6 @@ FOCUSED_JS = """(id) => {
   return !!active && /^(INPUT|TEXTAREA)$/.test(active.tagName)
     && !!active.closest(`[flt-semantics-identifier="${id}"]`);
 }"""
-
-IDS_UNDER_JS = """(id) => [...document.querySelectorAll(
-    `[flt-semantics-identifier="${id}"] [flt-semantics-identifier]`)]
-  .map(e => e.getAttribute('flt-semantics-identifier')).join(',')"""
 
 # At an error: the texts and field values the page shows for a few identifiers.
 SHOWN_IDS = [
@@ -149,15 +125,12 @@ SHOWN_IDS = [
 SHOWN_JS = f"""(ids) => Object.fromEntries(ids.map(id => {{
   const field = document.querySelector(
     `[flt-semantics-identifier="${{id}}"] input, [flt-semantics-identifier="${{id}}"] textarea`);
-  return [id, field ? {{value: field.value}} : ({TEXT_FN})(id)];
+  return [id, field ? {{value: field.value}} : ({TEXT_BY_ID_JS})(id)];
 }}))"""
-
-ALL_IDS_JS = """() => [...document.querySelectorAll('[flt-semantics-identifier]')]
-  .map(e => e.getAttribute('flt-semantics-identifier'))"""
 
 # Installed just before the Suggest click; window.__kiosk ends with browser-clock stamps.
 SUGGEST_RECORDER_JS = f"""(doneText) => {{
-  const textOf = {TEXT_FN};
+  const textOf = {TEXT_BY_ID_JS};
   const rowSel = '[flt-semantics-identifier^="suggestion-"]';
   const before = [...document.querySelectorAll(rowSel)];
   const statusBefore = textOf('visit-status') || '';
@@ -193,260 +166,11 @@ SUGGEST_RECORDER_JS = f"""(doneText) => {{
 
 
 class HarnessError(RuntimeError):
-    """Something the app showed that the script did not expect (kind "error")."""
-
-
-class TypingError(RuntimeError):
-    """A text field did not read back what was typed, in any of the tries ("typing")."""
+    """Something the app showed that the script did not expect (kind "unexpected")."""
 
 
 class AppError(RuntimeError):
     """The app itself reported a failure in its status line (kind "app-error")."""
-
-
-# ------------------------------------------------------------------ small helpers
-
-
-def ident(*parts: object) -> str:
-    """The app's identifier for a code: parts joined by "-", unusual characters as "_"."""
-    return "-".join(_UNSAFE.sub("_", str(p)) for p in parts)
-
-
-def sel(identifier: str) -> str:
-    return f'[flt-semantics-identifier="{identifier}"]'
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def summarize(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0}
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "n": int(a.size),
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "mean": float(a.mean()),
-        "min": float(a.min()),
-        "max": float(a.max()),
-    }
-
-
-def dist_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    ticks = [float(x) for x in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0.0)
-    return sum(ticks) - idle, sum(ticks)
-
-
-def cpu_by_group(server_pid: int | None) -> dict[str, float] | None:
-    """CPU seconds (user + system) used so far by this script's live descendants, grouped:
-    the app server's process tree, Chromium, Playwright's driver, this script, other."""
-    procs = {}
-    try:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                raw = (entry / "stat").read_text()
-                comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-                fields = raw[raw.rindex(")") + 2 :].split()
-                procs[int(entry.name)] = (
-                    comm,
-                    int(fields[1]),
-                    float(fields[11]) + float(fields[12]),
-                )
-    except OSError:
-        return None
-    children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    hz = os.sysconf("SC_CLK_TCK")
-    out = {"app server": 0.0, "chromium": 0.0, "playwright driver": 0.0, "this script": 0.0}
-    out["other"] = 0.0
-    me = os.getpid()
-    stack = [(me, "this script")]
-    while stack:
-        pid, group = stack.pop()
-        if pid not in procs:
-            continue
-        comm = procs[pid][0].lower()
-        if pid == server_pid:
-            group = "app server"
-        elif group != "app server" and pid != me:
-            if "chrom" in comm:
-                group = "chromium"
-            elif comm.startswith("node"):
-                group = "playwright driver"
-            elif group == "this script":
-                group = "other"
-        out[group] += procs[pid][2] / hz
-        stack += [(child, group) for child in children.get(pid, [])]
-    return out
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gib = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                memory_gib = round(int(line.split()[1]) / 2**20, 1)
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "memory_gib": memory_gib,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "flet": dist_version("flet"),
-        "flet-web": dist_version("flet-web"),
-        "playwright": dist_version("playwright"),
-        "onnxruntime": dist_version("onnxruntime"),
-        "numpy": np.__version__,
-    }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-# ------------------------------------------------------------------ what to type
-
-
-def typeahead_query(index: CodeIndex, code: str) -> str | None:
-    """Words of the code's title for which the type-ahead lists the code in its first three:
-    two words (the second cut to five letters) preferred, else one word."""
-    words = [w.lower() for w in index.title(code).replace(",", " ").split()]
-    words = [w for w in words if w.isascii() and w.isalpha() and len(w) > 2][:4]
-    tries = sorted((f"{a} {b[:5]}" for a, b in zip(words, words[1:], strict=False)), key=len)
-    tries += sorted(words, key=len)
-    for query in tries:
-        if code in [option.code for option in index.search(query, limit=3)]:
-            return query
-    return None
-
-
-def diagnosis_pool(bundle_dir: Path, n: int) -> list[tuple[str, str]]:
-    """`n` frequent diagnoses (vocabulary order) with a title and a query that finds them."""
-    bundle = load_bundle(bundle_dir)
-    titles = bundle.titles
-    codes = [c for c in bundle.vocabs["diagnoses"] if c not in ("<pad>", "<unk>")]
-    index = CodeIndex((c, titles.get(c, c)) for c in codes)
-    pool = []
-    for code in codes:
-        if code not in titles:
-            continue
-        query = typeahead_query(index, code)
-        if query:
-            pool.append((code, query))
-        if len(pool) == n:
-            break
-    if len(pool) < 2:
-        raise HarnessError(f"only {len(pool)} diagnoses in {bundle_dir} have a usable query")
-    return pool
-
-
-# ------------------------------------------------------------------ the server
-
-
-class AppServer:
-    """`app.main.run(web=True, ...)` in its own process group on a free 127.0.0.1 port."""
-
-    def __init__(self, bundle: Path, folder: Path):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}/"
-        self.db = folder / "pocketrec.db"
-        self.log_path = folder / "server.log"
-        self.bundle = bundle
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-        env.update(
-            POCKETREC_NO_BROWSER="1",
-            FLET_FORCE_WEB_SERVER="1",
-            FLET_WEB_NO_CDN="1",
-            FLET_LOG_LEVEL="error",
-            PYTHONUNBUFFERED="1",
-        )
-        code = (
-            "from app.main import run; "
-            f"run(web=True, port={self.port}, db={str(self.db)!r}, bundle={str(self.bundle)!r})"
-        )
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self) -> float:
-        started = time.monotonic()
-        while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url, timeout=2) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-            if self.proc is None or self.proc.poll() is not None:
-                raise HarnessError(f"the app exited before answering:\n{self.log_tail()}")
-            if time.monotonic() - started > SERVER_START_S:
-                raise HarnessError(f"the app did not answer on {self.url}:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-    def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-        return proc.returncode
 
 
 # ------------------------------------------------------------------ driving one page
@@ -509,7 +233,7 @@ async def wait_quiet(page, identifier: str) -> None:
     deadline = time.monotonic() + QUIET_MAX_MS / 1000
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
-        now = await page.evaluate(IDS_UNDER_JS, identifier)
+        now = await page.evaluate(fd.IDS_UNDER_JS, identifier)
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= QUIET_MS / 1000:
@@ -520,8 +244,8 @@ async def wait_quiet(page, identifier: str) -> None:
 async def open_app(page, url: str, timeout_ms: int, step_ms: int) -> None:
     """Load the app, switch Flutter's semantics tree on, wait for the new-patient field."""
     await page.goto(url, wait_until="commit", timeout=timeout_ms)
-    await page.wait_for_selector("flt-semantics-placeholder", state="attached", timeout=timeout_ms)
-    await page.evaluate("document.querySelector('flt-semantics-placeholder').click()")
+    await page.wait_for_selector(fd.PLACEHOLDER, state="attached", timeout=timeout_ms)
+    await page.evaluate(fd.CLICK_PLACEHOLDER_JS)
     await page.wait_for_selector(
         f"{sel('new-patient-name')} input", state="attached", timeout=max(step_ms, timeout_ms)
     )
@@ -530,32 +254,105 @@ async def open_app(page, url: str, timeout_ms: int, step_ms: int) -> None:
 # ------------------------------------------------------------------ one session
 
 
-class Session:
-    """One browser context = one Flet session = one clinician at a kiosk."""
+class KioskSession:
+    """What a session keeps in either kiosk driver (this script's browser contexts, the
+    protocol clients of bench/kiosk_protocol_load.py): its load state, the samples and
+    patients `check_database` reads, and the loop of visits."""
 
-    def __init__(self, index: int, args, url: str, pool: list[tuple[str, str]], seed: int):
+    def __init__(self, index: int, url: str, pool: list[tuple[str, str]], seed: int):
         self.index = index
-        self.args = args
         self.url = url
         self.pool = pool
         self.rng = random.Random(seed * 1000 + index)
-        self.step_ms = int(args.step_timeout * 1000)
-        self.context = None
-        self.page = None
         self.loaded = False
         self.load_s: float | None = None
         self.load_error: str | None = None
         self.settled = asyncio.Event()
         self.samples: list[dict] = []
         self.patients: list[dict] = []
+        self.dead: str | None = None
+
+    async def one_visit(self, iteration: int, window_start: float) -> bool:
+        raise NotImplementedError
+
+    async def recover(self) -> None:
+        raise NotImplementedError
+
+    async def visits(self, go: asyncio.Event, window: dict) -> None:
+        """Once `go` is set: visit after visit until the window ends or the session is dead;
+        after a failed one, `recover()`."""
+        await go.wait()
+        if not self.loaded:
+            return
+        iteration = 0
+        while time.monotonic() < window["end"] and self.dead is None:
+            iteration += 1
+            ok = await self.one_visit(iteration, window["start"])
+            if not ok and time.monotonic() < window["end"]:
+                await self.recover()
+
+    def new_visit(
+        self, iteration: int, name: str, chosen: list[tuple[str, str]], window_start: float, **extra
+    ) -> tuple[dict, dict]:
+        """The records of a visit about to start, kept: its sample (`extra`: the driver's own
+        fields) and its new patient."""
+        sample: dict = {
+            "session": self.index,
+            "iteration": iteration,
+            "patient": name,
+            "diagnoses": [code for code, _ in chosen],
+            "typed": [query for _, query in chosen],
+            "accepted": [],
+            "t_start_s": time.monotonic() - window_start,
+            "t_end_s": None,
+            "visit_s": None,
+            **extra,
+            "suggest_ms": None,
+            "click_to_scoring_ms": None,
+            "rows": None,
+            "patient_confirmed": False,
+            "visit_prefix": None,
+            "save_confirmed": False,
+            "save_ms": None,
+            "step": "new-patient",
+            "error": None,
+        }
+        patient = {
+            "name": name,
+            "created_confirmed": False,
+            "visits_believed_saved": 0,
+            "visit_prefixes": [],
+        }
+        self.samples.append(sample)
+        self.patients.append(patient)
+        return sample, patient
+
+    def give_up(self, step: str, kind: str, message: str) -> None:
+        """`step`, bringing the session back after a failure, failed too: the session stops,
+        recorded as an error."""
+        self.dead = f"{step} failed: {kind}: {message}"
+        error = {"kind": f"{kind}:{step}", "message": message}
+        self.samples.append(
+            {"session": self.index, "iteration": None, "step": step, "error": error}
+        )
+
+
+class Session(KioskSession):
+    """One browser context = one Flet session = one clinician at a kiosk."""
+
+    def __init__(self, index: int, args, url: str, pool: list[tuple[str, str]], seed: int):
+        super().__init__(index, url, pool, seed)
+        self.args = args
+        self.step_ms = int(args.step_timeout * 1000)
+        self.context = None
+        self.page = None
         self.blocked: Counter[str] = Counter()
         self.external_websockets: list[str] = []
         self.reloads = 0
-        self.dead: str | None = None
 
     async def offline(self, route) -> None:
         url = route.request.url
-        if url.startswith((self.url, "blob:", "data:")):
+        if fd.is_app_request(url, self.url):
             await route.continue_()
         else:
             self.blocked[url] += 1
@@ -586,15 +383,7 @@ class Session:
 
     async def run(self, browser, t0: float, go: asyncio.Event, window: dict) -> None:
         await self.load(browser, t0)
-        await go.wait()
-        if not self.loaded:
-            return
-        iteration = 0
-        while time.monotonic() < window["end"] and self.dead is None:
-            iteration += 1
-            ok = await self.one_visit(iteration, window["start"])
-            if not ok and time.monotonic() < window["end"]:
-                await self.recover()
+        await self.visits(go, window)
 
     async def recover(self) -> None:
         """After a failure: reload the page (a new Flet session) and go on from the start."""
@@ -605,7 +394,7 @@ class Session:
                 self.args.load_timeout + 5,
             )
         except Exception as exc:
-            self.reload_failed(exc)
+            self.give_up("reload", error_kind(exc), short(exc))
             return
         # Flet may resume the same server session after a reload: close a patient left open
         try:
@@ -620,52 +409,14 @@ class Session:
                     f"{sel('new-patient-name')} input", state="attached", timeout=self.step_ms
                 )
         except Exception as exc:
-            self.reload_failed(exc)
-
-    def reload_failed(self, exc: BaseException) -> None:
-        """The page could not be brought back: this session stops, recorded as an error."""
-        self.dead = f"reload failed: {error_kind(exc)}: {short(exc)}"
-        self.samples.append(
-            {
-                "session": self.index,
-                "iteration": None,
-                "step": "reload",
-                "error": {"kind": f"{error_kind(exc)}:reload", "message": short(exc)},
-            }
-        )
+            self.give_up("reload", error_kind(exc), short(exc))
 
     async def one_visit(self, iteration: int, window_start: float) -> bool:
         page, ms = self.page, self.step_ms
         name = f"Kiosk S{self.index:02d} P{iteration:03d}"
-        n_dx = self.rng.choice((1, 2))
-        chosen = self.rng.sample(self.pool, n_dx)
-        sample: dict = {
-            "session": self.index,
-            "iteration": iteration,
-            "patient": name,
-            "diagnoses": [code for code, _ in chosen],
-            "typed": [query for _, query in chosen],
-            "accepted": [],
-            "t_start_s": time.monotonic() - window_start,
-            "t_end_s": None,
-            "visit_s": None,
-            "retypes": 0,
-            "typeahead_retries": [],
-            "suggest_ms": None,
-            "suggest_call_ms": None,
-            "click_to_scoring_ms": None,
-            "rows": None,
-            "patient_confirmed": False,
-            "visit_prefix": None,
-            "save_confirmed": False,
-            "save_ms": None,
-            "step": "new-patient",
-            "error": None,
-        }
-        self.samples.append(sample)
-        patient = {"name": name, "created_confirmed": False, "visits_believed_saved": 0}
-        patient["visit_prefixes"] = []
-        self.patients.append(patient)
+        chosen = self.rng.sample(self.pool, self.rng.choice((1, 2)))
+        extra = {"retypes": 0, "typeahead_retries": [], "suggest_call_ms": None}
+        sample, patient = self.new_visit(iteration, name, chosen, window_start, **extra)
         started = time.monotonic()
         try:
             # look the name up first, as at a front desk: the list of everyone shrinks to "No
@@ -739,7 +490,7 @@ class Session:
                 shown = await asyncio.wait_for(page.evaluate(SHOWN_JS, SHOWN_IDS), 5)
                 sample["error"]["shown"] = shown
             with contextlib.suppress(Exception):
-                ids = await asyncio.wait_for(page.evaluate(ALL_IDS_JS), 5)
+                ids = await asyncio.wait_for(page.evaluate(fd.ALL_IDS_JS), 5)
                 sample["error"]["identifiers"] = ids[:60]
             return False
         finally:
@@ -827,44 +578,26 @@ async def drive(args, server: AppServer, pool, hard_deadline: float) -> dict:
     go = asyncio.Event()
     async with async_playwright() as pw:
         t = time.monotonic()
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await fd.launch_chromium(pw)
         out["browser"] = {"launch_s": time.monotonic() - t, "version": browser.version}
         tasks: list[asyncio.Task] = []
         try:
             t0 = time.monotonic()
             tasks = [asyncio.create_task(s.run(browser, t0, go, window)) for s in sessions]
-            settled = asyncio.gather(*(s.settled.wait() for s in sessions))
-            # every load is bounded by its own timeout; this is only the backstop
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(settled, args.load_timeout + 60)
-            loaded = sum(s.loaded for s in sessions)
-            out["load_phase_s"] = time.monotonic() - t0
-            print(
-                f"{loaded} of {len(sessions)} sessions loaded in {out['load_phase_s']:.1f} s; "
-                f"running {args.seconds:g} s",
-                file=sys.stderr,
-                flush=True,
+            await fd.run_window(
+                out,
+                sessions,
+                tasks,
+                go,
+                window,
+                t0=t0,
+                load_backstop_s=args.load_timeout + 60,
+                seconds=args.seconds,
+                grace_s=args.grace,
+                hard_deadline=hard_deadline,
+                server_pid=server.proc.pid if server.proc else None,
+                describe=lambda exc: f"{error_kind(exc)}: {short(exc)}",
             )
-            window["start"] = time.monotonic()
-            window["end"] = window["start"] + args.seconds
-            out["cpu_start"] = cpu_times()
-            out["cpu_groups_start"] = cpu_by_group(server.proc.pid if server.proc else None)
-            go.set()
-            stop_at = min(window["end"] + args.grace, hard_deadline)
-            _, pending = await asyncio.wait(tasks, timeout=max(0.0, stop_at - time.monotonic()))
-            out["window_s"] = time.monotonic() - window["start"]
-            out["cpu_end"] = cpu_times()
-            out["cpu_groups_end"] = cpu_by_group(server.proc.pid if server.proc else None)
-            out["loadavg_end"] = list(os.getloadavg())
-            out["cut_at_deadline"] = len(pending)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=30)
-            for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    out.setdefault("task_errors", []).append(f"{error_kind(exc)}: {short(exc)}")
         finally:
             for task in tasks:
                 if not task.done():
@@ -978,6 +711,23 @@ def check_database(db: Path, sessions: list[Session]) -> dict:
         conn.close()
     report["problems"] = report["problems"][:200]
     return report
+
+
+def db_failures(db_check: dict) -> list[str]:
+    """What `check_database` found wrong, as the verdict names it."""
+    failures = [
+        f"{db_check[key]} {label}"
+        for key, label in (
+            ("lost", "lost"),
+            ("partial", "partial"),
+            ("mismatched", "mismatched"),
+            ("patients_confirmed_missing", "confirmed patients missing"),
+        )
+        if db_check[key]
+    ]
+    if db_check["integrity_check"] != ["ok"]:
+        failures.append("integrity_check not ok")
+    return failures
 
 
 # ------------------------------------------------------------------ report
@@ -1104,32 +854,19 @@ def main() -> int:
     args = ap.parse_args()
     if args.sessions < 1 or args.seconds <= 0:
         ap.error("--sessions must be at least 1 and --seconds positive")
-    if not CHROMIUM.exists():
-        print(f"{CHROMIUM} is missing: cannot drive the app in a browser", file=sys.stderr)
+    missing = fd.chromium_missing()
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     bundle = args.bundle.resolve()
-    pool = diagnosis_pool(bundle, DX_POOL)
+    pool = fd.diagnosis_pool(bundle, DX_POOL)
 
-    def on_term(signum, frame) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks: server stopped
-
-    signal.signal(signal.SIGTERM, on_term)
+    fd.exit_on_sigterm()
     started = time.monotonic()
     budget = args.load_timeout + 60 + args.seconds + args.grace + 30
     hard_deadline = started + budget
     holder: dict = {}
-
-    def watchdog_fire() -> None:
-        print(f"watchdog: still running after {budget + 90:.0f} s, killing", file=sys.stderr)
-        server = holder.get("server")
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
-        os._exit(3)
-
-    watchdog = threading.Timer(budget + 90, watchdog_fire)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = fd.start_watchdog(budget + 90, holder)
 
     with tempfile.TemporaryDirectory(prefix="pocketrec-kiosk-load-") as tmp_name:
         server = AppServer(bundle, Path(tmp_name))
@@ -1138,7 +875,7 @@ def main() -> int:
             server.start()
             server_start_s = server.wait_ready()
             run = asyncio.run(drive(args, server, pool, hard_deadline))
-        except HarnessError as exc:
+        except (HarnessError, SetupError) as exc:
             print(f"cannot run: {exc}", file=sys.stderr)
             return 2
         finally:
@@ -1158,25 +895,14 @@ def main() -> int:
     blocked: Counter[str] = Counter()
     for s in sessions:
         blocked.update(s.blocked)
-    busy = None
-    if run.get("cpu_start") and run.get("cpu_end"):
-        d_busy = run["cpu_end"][0] - run["cpu_start"][0]
-        d_total = run["cpu_end"][1] - run["cpu_start"][1]
-        busy = d_busy / d_total if d_total > 0 else None
-    cpu_split = None
-    if run.get("cpu_groups_start") and run.get("cpu_groups_end"):
-        cpu_split = {
-            group: (run["cpu_groups_end"][group] - run["cpu_groups_start"].get(group, 0.0))
-            / run["window_s"]
-            for group in run["cpu_groups_end"]
-        }
+    busy, cpu_split = fd.cpu_shares(run, run["window_s"])
     confirmed = [x for x in visits if x["save_confirmed"]]
     retries = [r for x in visits for r in x.get("typeahead_retries", [])]
     summary = {
         "sessions_requested": args.sessions,
         "sessions_loaded": sum(s.loaded for s in sessions),
         "load_failures": [f"session {s.index}: {s.load_error}" for s in sessions if s.load_error],
-        "load_s": summarize([s.load_s for s in sessions if s.loaded]),
+        "load_s": fd.summarize([s.load_s for s in sessions if s.loaded]),
         "seconds": args.seconds,
         "window_s": run["window_s"],
         "iterations": len(visits),
@@ -1188,34 +914,26 @@ def main() -> int:
         "dead_sessions": [f"session {s.index}: {s.dead}" for s in sessions if s.dead],
         "cut_at_deadline": run["cut_at_deadline"],
         "errors_by_kind": dict(errors),
-        "suggest_ms": summarize([x["suggest_ms"] for x in visits if x["suggest_ms"] is not None]),
-        "suggest_call_ms": summarize(
+        "suggest_ms": fd.summarize(
+            [x["suggest_ms"] for x in visits if x["suggest_ms"] is not None]
+        ),
+        "suggest_call_ms": fd.summarize(
             [x["suggest_call_ms"] for x in visits if x["suggest_call_ms"] is not None]
         ),
-        "save_ms": summarize([x["save_ms"] for x in confirmed]),
-        "visit_s": summarize([x["visit_s"] for x in confirmed]),
+        "save_ms": fd.summarize([x["save_ms"] for x in confirmed]),
+        "visit_s": fd.summarize([x["visit_s"] for x in confirmed]),
         "visits_per_min": len(confirmed) / (run["window_s"] / 60.0),
         "machine_busy": busy,
         "cpu_share_by_group": cpu_split,
     }
-    failures = []
-    if db_check["lost"]:
-        failures.append(f"{db_check['lost']} lost")
-    if db_check["partial"]:
-        failures.append(f"{db_check['partial']} partial")
-    if db_check["mismatched"]:
-        failures.append(f"{db_check['mismatched']} mismatched")
-    if db_check["patients_confirmed_missing"]:
-        failures.append(f"{db_check['patients_confirmed_missing']} confirmed patients missing")
-    if db_check["integrity_check"] != ["ok"]:
-        failures.append("integrity_check not ok")
+    failures = db_failures(db_check)
     verdict = "FAIL (" + ", ".join(failures) + ")" if failures else "PASS (nothing lost or partial)"
     if summary["sessions_loaded"] < args.sessions:
         verdict += (
             f"; only {summary['sessions_loaded']} of {args.sessions} sessions loaded: "
             "this machine did not sustain the requested load"
         )
-    machine = machine_info()
+    machine = fd.machine_info()
     machine["chromium"] = run["browser"].get("version")
     machine["loadavg_end"] = run.get("loadavg_end")
     result = {
@@ -1291,7 +1009,7 @@ def main() -> int:
         "server_log_tail": server_log,
     }
     result["table_markdown"] = table(result)
-    write_json_atomic(args.out, result)
+    fd.write_json_atomic(args.out, result)
     print(result["table_markdown"])
     print(
         f"\nwrote {os.path.relpath(args.out.resolve(), ROOT)} ({result['config']['wall_s']:.0f} s)"

@@ -64,11 +64,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -77,22 +74,21 @@ from pathlib import Path
 
 import msgpack
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-for _p in (str(ROOT), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import kiosk_load as kl  # noqa: E402  (server, diagnosis pool, DB check, CPU helpers)
 from flet.messaging.protocol import MessageAction  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from app.runtime import load_bundle  # noqa: E402
 from app.state import CodeIndex  # noqa: E402
+from bench import flet_driver as fd  # noqa: E402
+from bench import kiosk_load as kl  # noqa: E402  (the session base, the DB check)
 
 OUT = ROOT / "bench" / "results" / "kiosk_protocol_load.json"
-BUNDLE = kl.BUNDLE
+BUNDLE = fd.SHIPPED_BUNDLE
 REGISTER = MessageAction.REGISTER_CLIENT.value
 PATCH = MessageAction.PATCH_CONTROL.value
 EVENT = MessageAction.CONTROL_EVENT.value
@@ -103,13 +99,13 @@ OP_REPLACE, OP_ADD, OP_REMOVE, OP_MOVE = 0, 1, 2, 3
 PAGE_SIZE = (1440.0, 1000.0)
 START_ROUTE = "/patients"
 OPTIONS_SHOWN = 8  # app/views/common.py: type-ahead rows shown
-DONE_TEXT = kl.DONE_TEXT
+DONE_TEXT = fd.DONE_TEXT
 SAVED_RE = kl.SAVED_RE
 SCORING = "Scoring"
 SAVING = "Saving"
 SNACKBAR_DEFAULT_S = 4.0
 SHOWN_IDS = kl.SHOWN_IDS
-ident = kl.ident
+ident = fd.ident
 
 
 class StepTimeoutError(TimeoutError):
@@ -642,26 +638,16 @@ class Config:
     bundle: str = str(BUNDLE)
 
 
-class ProtoSession:
+class ProtoSession(kl.KioskSession):
     """One protocol client = one Flet session = one clinician at a kiosk. `samples` and
     `patients` have the shape bench/kiosk_load.py's `check_database` reads."""
 
     def __init__(self, index: int, cfg: Config, url: str, pool, code_index: CodeIndex):
-        self.index = index
+        super().__init__(index, url, pool, cfg.seed)
         self.cfg = cfg
-        self.url = url
-        self.pool = pool
         self.code_index = code_index
-        self.rng = random.Random(cfg.seed * 1000 + index)
         self.client: FletClient | None = None
-        self.loaded = False
-        self.load_s: float | None = None
-        self.load_error: str | None = None
-        self.settled = asyncio.Event()
-        self.samples: list[dict] = []
-        self.patients: list[dict] = []
         self.reconnects = 0
-        self.dead: str | None = None
         self.frames = 0
         self.bytes_in = 0
         self.missing_targets = 0
@@ -701,15 +687,7 @@ class ProtoSession:
     async def run(self, t0: float, go: asyncio.Event, window: dict) -> None:
         try:
             await self.load(t0)
-            await go.wait()
-            if not self.loaded:
-                return
-            iteration = 0
-            while time.monotonic() < window["end"] and self.dead is None:
-                iteration += 1
-                ok = await self.one_visit(iteration, window["start"])
-                if not ok and time.monotonic() < window["end"]:
-                    await self.recover()
+            await self.visits(go, window)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.disconnect())
@@ -720,15 +698,7 @@ class ProtoSession:
         try:
             await asyncio.wait_for(self.connect(), self.cfg.load_timeout + 5)
         except Exception as exc:
-            self.dead = f"reconnect failed: {error_kind(exc)}: {short(exc)}"
-            self.samples.append(
-                {
-                    "session": self.index,
-                    "iteration": None,
-                    "step": "reconnect",
-                    "error": {"kind": f"{error_kind(exc)}:reconnect", "message": short(exc)},
-                }
-            )
+            self.give_up("reconnect", error_kind(exc), short(exc))
 
     async def pause(self) -> None:
         if self.cfg.think > 0:
@@ -738,34 +708,7 @@ class ProtoSession:
         c = self.client
         name = f"Proto S{self.index:02d} P{iteration:03d}"
         chosen = self.rng.sample(self.pool, self.rng.choice((1, 2)))
-        sample: dict = {
-            "session": self.index,
-            "iteration": iteration,
-            "patient": name,
-            "diagnoses": [code for code, _ in chosen],
-            "typed": [query for _, query in chosen],
-            "accepted": [],
-            "t_start_s": time.monotonic() - window_start,
-            "t_end_s": None,
-            "visit_s": None,
-            "suggest_ms": None,
-            "click_to_scoring_ms": None,
-            "rows": None,
-            "patient_confirmed": False,
-            "visit_prefix": None,
-            "save_confirmed": False,
-            "save_ms": None,
-            "step": "new-patient",
-            "error": None,
-        }
-        self.samples.append(sample)
-        patient = {
-            "name": name,
-            "created_confirmed": False,
-            "visits_believed_saved": 0,
-            "visit_prefixes": [],
-        }
-        self.patients.append(patient)
+        sample, patient = self.new_visit(iteration, name, chosen, window_start)
         started = time.monotonic()
         try:
             if c is None:
@@ -915,45 +858,28 @@ class ProtoSession:
 
 async def drive(cfg: Config, server, pool, code_index: CodeIndex, hard_deadline: float) -> dict:
     out: dict = {}
-    url = f"ws://{kl.HOST}:{server.port}/ws"
+    url = f"ws://{fd.HOST}:{server.port}/ws"
     sessions = [ProtoSession(i + 1, cfg, url, pool, code_index) for i in range(cfg.sessions)]
     window: dict = {"start": None, "end": None}
     go = asyncio.Event()
     t0 = time.monotonic()
     tasks = [asyncio.create_task(s.run(t0, go, window)) for s in sessions]
     try:
-        settled = asyncio.gather(*(s.settled.wait() for s in sessions))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(settled, cfg.load_timeout + 30)
-        out["load_phase_s"] = time.monotonic() - t0
-        loaded = sum(s.loaded for s in sessions)
-        print(
-            f"{loaded} of {len(sessions)} sessions registered in {out['load_phase_s']:.1f} s; "
-            f"running {cfg.seconds:g} s",
-            file=sys.stderr,
-            flush=True,
+        await fd.run_window(
+            out,
+            sessions,
+            tasks,
+            go,
+            window,
+            t0=t0,
+            load_backstop_s=cfg.load_timeout + 30,
+            seconds=cfg.seconds,
+            grace_s=cfg.grace,
+            hard_deadline=hard_deadline,
+            server_pid=server.proc.pid if server.proc else None,
+            describe=lambda exc: f"{error_kind(exc)}: {short(exc)}",
+            loaded_verb="registered",
         )
-        server_pid = server.proc.pid if server.proc else None
-        window["start"] = time.monotonic()
-        window["end"] = window["start"] + cfg.seconds
-        out["cpu_start"] = kl.cpu_times()
-        out["cpu_groups_start"] = kl.cpu_by_group(server_pid)
-        go.set()
-        stop_at = min(window["end"] + cfg.grace, hard_deadline)
-        _, pending = await asyncio.wait(tasks, timeout=max(0.0, stop_at - time.monotonic()))
-        out["window_s"] = time.monotonic() - window["start"]
-        out["cpu_end"] = kl.cpu_times()
-        out["cpu_groups_end"] = kl.cpu_by_group(server_pid)
-        out["loadavg_end"] = list(os.getloadavg())
-        out["cut_at_deadline"] = len(pending)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=30)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                out.setdefault("task_errors", []).append(f"{error_kind(exc)}: {short(exc)}")
     finally:
         for task in tasks:
             if not task.done():
@@ -976,36 +902,19 @@ def server_log_errors(log: str) -> list[str]:
 
 def run_load(cfg: Config, out: Path | None = OUT, watchdog: bool = False) -> dict:
     """Start the server on a fresh DB, run the sessions, stop everything, check the DB.
-    Returns the result (also written to `out` unless None). Raises kl.HarnessError when the
-    run cannot be made."""
+    Returns the result (also written to `out` unless None). Raises fd.SetupError when the run
+    cannot be made."""
     bundle_dir = Path(cfg.bundle).resolve()
-    pool = kl.diagnosis_pool(bundle_dir, kl.DX_POOL)
-    bundle = load_bundle(bundle_dir)
-    titles = bundle.titles
-    code_index = CodeIndex(
-        (c, titles.get(c, c)) for c in bundle.vocabs["diagnoses"] if c not in ("<pad>", "<unk>")
-    )
+    pool = fd.diagnosis_pool(bundle_dir, kl.DX_POOL)
+    code_index = fd.diagnosis_index(load_bundle(bundle_dir))
     started = time.monotonic()
     budget = cfg.load_timeout + 30 + cfg.seconds + cfg.grace + 60
     hard_deadline = started + budget
     holder: dict = {}
-    timer = None
-    if watchdog:
-
-        def fire() -> None:
-            print(f"watchdog: still running after {budget + 90:.0f} s, killing", file=sys.stderr)
-            srv = holder.get("server")
-            if srv is not None:
-                with contextlib.suppress(Exception):
-                    srv.stop()
-            os._exit(3)
-
-        timer = threading.Timer(budget + 90, fire)
-        timer.daemon = True
-        timer.start()
+    timer = fd.start_watchdog(budget + 90, holder) if watchdog else None
     try:
         with tempfile.TemporaryDirectory(prefix="pocketrec-kiosk-proto-") as tmp_name:
-            server = kl.AppServer(bundle_dir, Path(tmp_name))
+            server = fd.AppServer(bundle_dir, Path(tmp_name))
             holder["server"] = server
             try:
                 server.start()
@@ -1025,7 +934,7 @@ def run_load(cfg: Config, out: Path | None = OUT, watchdog: bool = False) -> dic
     result["config"]["wall_s"] = time.monotonic() - started
     result["table_markdown"] = table(result)
     if out is not None:
-        kl.write_json_atomic(out, result)
+        fd.write_json_atomic(out, result)
     return result
 
 
@@ -1059,29 +968,19 @@ def summarize_run(cfg: Config, run: dict, db_check: dict, server_log: str, bundl
         errors.append({"session": None, "iteration": None, "kind": "task", "reason": message})
     log_errors = server_log_errors(server_log)
     window_s = run["window_s"] or 1e-9
-    busy = None
-    if run.get("cpu_start") and run.get("cpu_end"):
-        d_busy = run["cpu_end"][0] - run["cpu_start"][0]
-        d_total = run["cpu_end"][1] - run["cpu_start"][1]
-        busy = d_busy / d_total if d_total > 0 else None
-    cpu_split = None
-    if run.get("cpu_groups_start") and run.get("cpu_groups_end"):
-        cpu_split = {
-            group: (run["cpu_groups_end"][group] - run["cpu_groups_start"].get(group, 0.0))
-            / window_s
-            for group in run["cpu_groups_end"]
-        }
+    busy, cpu_split = fd.cpu_shares(run, window_s)
+    if cpu_split is not None:
         cpu_split["protocol clients"] = cpu_split.pop("this script", 0.0)
         for group in ("chromium", "playwright driver"):
             cpu_split.pop(group, None)
     per_session = {s.index: 0 for s in sessions}
     for x in confirmed:
         per_session[x["session"]] += 1
-    suggest = kl.summarize([x["suggest_ms"] for x in visits if x["suggest_ms"] is not None])
+    suggest = fd.summarize([x["suggest_ms"] for x in visits if x["suggest_ms"] is not None])
     summary = {
         "sessions_requested": cfg.sessions,
         "sessions_loaded": sum(s.loaded for s in sessions),
-        "load_s": kl.summarize([s.load_s for s in sessions if s.loaded]),
+        "load_s": fd.summarize([s.load_s for s in sessions if s.loaded]),
         "seconds": cfg.seconds,
         "window_s": run["window_s"],
         "visits_started": len(visits),
@@ -1095,11 +994,11 @@ def summarize_run(cfg: Config, run: dict, db_check: dict, server_log: str, bundl
         "dead_sessions": [f"session {s.index}: {s.dead}" for s in sessions if s.dead],
         "cut_at_deadline": run["cut_at_deadline"],
         "suggest_ms": suggest,
-        "click_to_scoring_ms": kl.summarize(
+        "click_to_scoring_ms": fd.summarize(
             [x["click_to_scoring_ms"] for x in visits if x["click_to_scoring_ms"] is not None]
         ),
-        "save_ms": kl.summarize([x["save_ms"] for x in confirmed]),
-        "visit_s": kl.summarize([x["visit_s"] for x in confirmed]),
+        "save_ms": fd.summarize([x["save_ms"] for x in confirmed]),
+        "visit_s": fd.summarize([x["visit_s"] for x in confirmed]),
         "frames_received": sum(s.frames for s in sessions),
         "mib_received": sum(s.bytes_in for s in sessions) / 2**20,
         "patch_targets_missing": sum(s.missing_targets for s in sessions),
@@ -1114,23 +1013,14 @@ def summarize_run(cfg: Config, run: dict, db_check: dict, server_log: str, bundl
         failures.append(f"{len(errors)} errors")
     if summary["sessions_loaded"] < cfg.sessions:
         failures.append(f"only {summary['sessions_loaded']} of {cfg.sessions} sessions loaded")
-    for key, label in (
-        ("lost", "lost"),
-        ("partial", "partial"),
-        ("mismatched", "mismatched"),
-        ("patients_confirmed_missing", "confirmed patients missing"),
-    ):
-        if db_check[key]:
-            failures.append(f"{db_check[key]} {label}")
-    if db_check["integrity_check"] != ["ok"]:
-        failures.append("integrity_check not ok")
+    failures += kl.db_failures(db_check)
     if log_errors:
         failures.append(f"{len(log_errors)} error lines in the server log")
     verdict = "FAIL (" + ", ".join(failures) + ")" if failures else "PASS"
-    machine = kl.machine_info()
+    machine = fd.machine_info()
     machine.pop("playwright", None)
-    machine["websockets"] = kl.dist_version("websockets")
-    machine["msgpack"] = kl.dist_version("msgpack")
+    machine["websockets"] = fd.dist_version("websockets")
+    machine["msgpack"] = fd.dist_version("msgpack")
     machine["loadavg_end"] = run.get("loadavg_end")
     keep = (
         "session iteration patient diagnoses typed accepted t_start_s visit_s suggest_ms "
@@ -1190,10 +1080,6 @@ def summarize_run(cfg: Config, run: dict, db_check: dict, server_log: str, bundl
 # ------------------------------------------------------------------ report
 
 
-def _ms(st: dict, key: str) -> str:
-    return f"{st[key]:.0f} ms" if st.get("n") else "n/a"
-
-
 def table(result: dict) -> str:
     s, db = result["summary"], result["db_check"]
     lat = s["suggest_ms"]
@@ -1222,9 +1108,9 @@ def table(result: dict) -> str:
         str(db["partial"]),
         ", ".join(db["integrity_check"]),
         errors,
-        _ms(lat, "p50"),
-        _ms(lat, "p95"),
-        _ms(lat, "max"),
+        kl.fmt_ms(lat, "p50"),
+        kl.fmt_ms(lat, "p95"),
+        kl.fmt_ms(lat, "max"),
         "n/a" if cpu is None else f"{cpu:.2f} cores",
     ]
     lines = [
@@ -1240,7 +1126,7 @@ def table(result: dict) -> str:
         lines.append(
             f"Whole visit p50 {visit['p50']:.1f} s, p95 {visit['p95']:.1f} s; "
             f"{s['visits_per_min']:.0f} visits/min; per session min "
-            f"{s['min_visits_per_session']}; save p95 {_ms(s['save_ms'], 'p95')}."
+            f"{s['min_visits_per_session']}; save p95 {kl.fmt_ms(s['save_ms'], 'p95')}."
         )
     split = s.get("cpu_share_by_group") or {}
     if s.get("machine_busy") is not None:
@@ -1300,13 +1186,10 @@ def main(argv: list[str] | None = None) -> int:
         bundle=str(args.bundle),
     )
 
-    def on_term(signum, frame) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks: server stopped
-
-    signal.signal(signal.SIGTERM, on_term)
+    fd.exit_on_sigterm()
     try:
         result = run_load(cfg, args.out, watchdog=True)
-    except kl.HarnessError as exc:
+    except fd.SetupError as exc:
         print(f"cannot run: {exc}", file=sys.stderr)
         return 2
     print(result["table_markdown"])

@@ -9,7 +9,8 @@ Flutter web paints everything on a canvas. Its semantics tree (turned on here by
 go to the app's own 127.0.0.1 server is aborted, so the app is shown to work offline.
 
 Uses Debian's Chromium at /usr/bin/chromium (no `playwright install`): without it the test is
-skipped, or fails when POCKETREC_REQUIRE_BROWSER=1. Screenshots go to test-artifacts/.
+skipped, or fails when POCKETREC_REQUIRE_BROWSER=1. Screenshots go to test-artifacts/. The server,
+Chromium and the page helpers come from bench/flet_driver.py, shared with the benchmarks.
 """
 
 from __future__ import annotations
@@ -17,36 +18,42 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from app.runtime import BundleError, Recommender, load_bundle
-from app.state import CodeIndex
+from app.runtime import Recommender, load_bundle
+from bench.flet_driver import (
+    ALL_IDS_JS,
+    LOAD_TIMEOUT_MS,
+    STEP_TIMEOUT_MS,
+    TEXT_JS,
+    VIEWPORT,
+    AppServer,
+    SetupError,
+    chromium_missing,
+    click,
+    diagnosis_codes,
+    diagnosis_index,
+    enable_semantics,
+    is_app_request,
+    launch_chromium,
+    sel,
+    settle,
+    sound_bundle,
+    text_of,
+    type_into,
+    typeahead_query,
+    wait_for,
+    wait_text,
+)
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-SHIPPED = ROOT / "assets" / "bundles" / "medication-demo"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-VIEWPORT = {"width": 1440, "height": 1000}
-LOAD_TIMEOUT_MS = 90_000  # first load: ~10 MB of wasm, fonts and the Flutter engine
-STEP_TIMEOUT_MS = 20_000
 PATIENT = "Browser Test Patient"
 KIOSK_PIN = "2468"
 
@@ -55,42 +62,21 @@ KIOSK_PIN = "2468"
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing (apt-get install chromium) so the browser test cannot run"
+def chromium() -> None:
+    reason = chromium_missing()
+    if reason:
         if os.environ.get("POCKETREC_REQUIRE_BROWSER") == "1":
             pytest.fail(reason + "; POCKETREC_REQUIRE_BROWSER=1 makes that a failure")
         pytest.skip(reason)
     pytest.importorskip("playwright.sync_api")
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(request) -> Path:
     """The shipped bundle when it is there and sound, else the tiny test bundle
     ($POCKETREC_BROWSER_BUNDLE=tiny forces the tiny one, or names another bundle folder)."""
-    choice = os.environ.get("POCKETREC_BROWSER_BUNDLE", "")
-    if choice == "tiny":
-        return request.getfixturevalue("tiny_bundle")
-    if choice:
-        return Path(choice)
-    if (SHIPPED / "manifest.json").is_file():
-        with contextlib.suppress(BundleError):
-            load_bundle(SHIPPED)
-            return SHIPPED
-    return request.getfixturevalue("tiny_bundle")
-
-
-def _query_for(index: CodeIndex, code: str) -> str | None:
-    """Words to type (one or two words of the title, the last maybe cut short) for which the
-    type-ahead shows `code` among its first three options."""
-    words = [w for w in index.title(code).replace(",", " ").split() if w.isalpha() and len(w) > 2]
-    tries = [w.lower() for w in words[:4]]
-    tries += [f"{a.lower()} {b.lower()[:5]}" for a, b in itertools.pairwise(words[:4])]
-    for query in sorted(tries, key=lambda q: (" " not in q, len(q))):  # two words first
-        if code in [o.code for o in index.search(query, limit=3)]:
-            return query
-    return None
+    chosen = sound_bundle(os.environ.get("POCKETREC_BROWSER_BUNDLE", ""))
+    return chosen or request.getfixturevalue("tiny_bundle")
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +86,10 @@ def scenario(bundle_dir: Path) -> dict:
     bundle = load_bundle(bundle_dir)
     recommender = Recommender(bundle)
     titles = bundle.titles
-    index = CodeIndex(
-        (c, titles.get(c, c)) for c in bundle.vocabs["diagnoses"] if c not in ("<pad>", "<unk>")
-    )
+    index = diagnosis_index(bundle)
     candidates = []
-    for code in list(index_codes(bundle))[:60]:
-        query = _query_for(index, code)
+    for code in diagnosis_codes(bundle)[:60]:
+        query = typeahead_query(index, code)
         if query and code in titles:
             candidates.append((code, query))
         if len(candidates) >= 30:
@@ -123,61 +107,20 @@ def scenario(bundle_dir: Path) -> dict:
     pytest.fail(f"no pair of diagnoses in {bundle_dir} gives a DDI pair among its suggestions")
 
 
-def index_codes(bundle) -> list[str]:
-    return [c for c in bundle.vocabs["diagnoses"] if c not in ("<pad>", "<unk>")]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(tmp_path: Path, bundle_dir: Path, env_extra: dict | None = None, **run_args):
-    """`app.main.run(web=True, ...)` in a subprocess on a free 127.0.0.1 port."""
-    port = _free_port()
-    db = tmp_path / "pocketrec.db"
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    env.update(
-        POCKETREC_NO_BROWSER="1",  # serve only; Playwright is the browser
-        FLET_FORCE_WEB_SERVER="1",
-        FLET_WEB_NO_CDN="1",
-        FLET_LOG_LEVEL="error",  # handler errors go to the server log
-        PYTHONUNBUFFERED="1",
-        **(env_extra or {}),
-    )
-    args = ", ".join(f"{k}={v!r}" for k, v in run_args.items())
-    code = (
-        "from app.main import run; "
-        f"run(web=True, port={port}, db={str(db)!r}, bundle={str(bundle_dir)!r}, {args})"
-    )
-    log = (tmp_path / "server.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                assert response.status == 200
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail(f"the app did not start on {url}:\n{log.read()[-4000:]}")
-            time.sleep(0.25)
+    """`app.main.run(web=True, ...)` in a subprocess on a free 127.0.0.1 port, its DB and log
+    in `tmp_path`; the test fails when it does not start."""
+    server = AppServer(bundle_dir, tmp_path, env=env_extra, run_args=run_args, poll_s=0.25)
     try:
-        yield {"url": url, "db": db, "port": port, "log": log}
-    finally:
-        proc.terminate()
+        server.start()
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            server.wait_ready()
+        except SetupError as exc:
+            pytest.fail(str(exc))
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -191,102 +134,14 @@ def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        launched = launch_chromium(pw)
         try:
             yield launched
         finally:
             launched.close()
 
 
-# ------------------------------------------------------------------ driving Flutter's DOM
-
-
-def sel(identifier: str) -> str:
-    return f'[flt-semantics-identifier="{identifier}"]'
-
-
-def enable_semantics(page) -> None:
-    """Flutter builds its semantics DOM only once asked: click its placeholder."""
-    page.wait_for_selector("flt-semantics-placeholder", state="attached", timeout=LOAD_TIMEOUT_MS)
-    page.evaluate("document.querySelector('flt-semantics-placeholder').click()")
-    page.wait_for_selector("[flt-semantics-identifier]", state="attached", timeout=STEP_TIMEOUT_MS)
-
-
-def wait_for(page, identifier: str, timeout: int = STEP_TIMEOUT_MS):
-    page.wait_for_selector(sel(identifier), state="attached", timeout=timeout)
-    return page.locator(sel(identifier)).first
-
-
-def click(page, identifier: str) -> None:
-    """Click the tappable node (button, list tile, rail destination) carrying `identifier`."""
-    node = wait_for(page, identifier)
-    target = node.locator("[flt-tappable], [role=button], input").first
-    if target.count():
-        target.click()
-    else:
-        node.click(force=True)  # bubbles to the tappable ancestor (e.g. a rail destination)
-
-
-def type_into(page, identifier: str, text: str, tries: int = 3) -> None:
-    """Focus the text field carrying `identifier` and type `text` key by key.
-
-    Flutter attaches its text editing to the `<input>` only once the framework has moved the
-    focus there, so keys typed right after the click can be lost: wait for the focus, then
-    check the field's value and type again when it is not what was typed."""
-    wait_for(page, identifier)
-    field = page.locator(f"{sel(identifier)} input, {sel(identifier)} textarea").first
-    for _ in range(tries):
-        field.click()
-        page.wait_for_function(
-            "e => document.activeElement === e", arg=field.element_handle(), timeout=5_000
-        )
-        page.wait_for_timeout(150)
-        page.keyboard.press("Control+A")
-        page.keyboard.press("Delete")
-        page.keyboard.type(text, delay=35)
-        page.wait_for_timeout(100)
-        if field.input_value() == text:
-            return
-    raise AssertionError(f"typing {text!r} into {identifier!r} gave {field.input_value()!r}")
-
-
-TEXT_JS = """e => [e, ...e.querySelectorAll('*')]
-    .map(n => (n.getAttribute('aria-label') || '') + ' ' + (n.children.length ? '' : n.textContent))
-    .join(' ')"""
-
-
-def settle(page, quiet_ms: int = 300, timeout_ms: int = 5_000) -> None:
-    """Wait until the semantics DOM stops changing (the server has answered every keystroke)."""
-    snapshot = "() => document.querySelector('flt-semantics-host')?.innerHTML.length + ':' + "
-    snapshot += "[...document.querySelectorAll('[flt-semantics-identifier]')]"
-    snapshot += ".map(e => e.getAttribute('flt-semantics-identifier')).join(',')"
-    deadline = time.monotonic() + timeout_ms / 1000
-    last, stable_since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        now = page.evaluate(snapshot)
-        if now != last:
-            last, stable_since = now, time.monotonic()
-        elif time.monotonic() - stable_since >= quiet_ms / 1000:
-            return
-        page.wait_for_timeout(50)
-
-
-def text_of(page, identifier: str) -> str:
-    """The text under a node: Flutter puts it in text nodes or in aria-label attributes."""
-    node = wait_for(page, identifier)
-    return " ".join(node.evaluate(TEXT_JS).split())
-
-
-def wait_text(page, identifier: str, needle: str, timeout: int = STEP_TIMEOUT_MS) -> str:
-    deadline = time.monotonic() + timeout / 1000
-    last = ""
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = text_of(page, identifier)
-            if needle.lower() in last.lower():
-                return last
-        page.wait_for_timeout(150)
-    raise AssertionError(f"{identifier!r} never showed {needle!r}; last text: {last!r}")
+# ------------------------------------------------------------------ pages and artifacts
 
 
 def screenshot(page, name: str) -> Path:
@@ -300,15 +155,15 @@ def screenshot(page, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def app_page(browser, running: dict, name: str):
+def app_page(browser, running: AppServer, name: str):
     """A fresh page on the app with every non-local request aborted (the app must work
     offline); on failure: a screenshot, the identifiers present and the server log."""
     blocked: list[str] = []
-    local = f"http://127.0.0.1:{running['port']}"
+    local = f"http://127.0.0.1:{running.port}"
 
     def offline(route) -> None:
         url = route.request.url
-        if url.startswith((local, "blob:", "data:")):
+        if is_app_request(url, local):
             route.continue_()
         else:
             blocked.append(url)
@@ -321,20 +176,15 @@ def app_page(browser, running: dict, name: str):
     page = context.new_page()
     page.route("**/*", offline)
     try:
-        page.goto(running["url"], timeout=LOAD_TIMEOUT_MS)
+        page.goto(running.url, timeout=LOAD_TIMEOUT_MS)
         enable_semantics(page)
         yield page
     except BaseException:
         with contextlib.suppress(Exception):
             screenshot(page, f"{name}-failure.png")
-            ids = page.evaluate(
-                "[...document.querySelectorAll('[flt-semantics-identifier]')]"
-                ".map(e => e.getAttribute('flt-semantics-identifier'))"
-            )
+            ids = page.evaluate(ALL_IDS_JS)
             (ARTIFACTS / f"{name}-failure-identifiers.txt").write_text("\n".join(ids) + "\n")
-            running["log"].flush()
-            running["log"].seek(0)
-            (ARTIFACTS / f"{name}-failure-server.log").write_text(running["log"].read())
+            (ARTIFACTS / f"{name}-failure-server.log").write_text(running.log_tail(None))
         raise
     finally:
         context.close()
@@ -410,7 +260,7 @@ def test_visit_flow_in_chromium(browser, server, scenario):
         click(page, "nav-export")
         click(page, "export-patient")
         wait_text(page, "export-paths", "pocketrec.json")
-        assert str(server["db"].parent / "exports") in text_of(page, "export-message")
+        assert str(server.db.parent / "exports") in text_of(page, "export-message")
 
         # the model card and its metrics
         click(page, "nav-model")
@@ -444,7 +294,7 @@ def test_kiosk_pin_and_idle_timeout(browser, bundle_dir, tmp_path):
         click(page, "new-patient-create")
         wait_text(page, "current-patient", "Kiosk Patient")
         # hands off: the idle timeout brings the lock screen back, with nothing of the patient
-        wait_for(page, "pin-input", timeout=15_000)
+        wait_for(page, "pin-input", timeout_ms=15_000)
         page.wait_for_timeout(300)
         assert "Kiosk Patient" not in page_text(page)
         screenshot(page, "kiosk-locked.png")
@@ -473,7 +323,7 @@ def test_news_feed_learns_from_three_opened_items(browser, bundle_dir, tmp_path)
     ):
         click(page, "nav-news")
         # the first start encodes the catalog's titles once (a few seconds)
-        wait_text(page, "news-basis", "popular and recent", timeout=90_000)
+        wait_text(page, "news-basis", "popular and recent", timeout_ms=90_000)
         before = _feed_titles(page)
         assert len(before) == 10
         opened: list[str] = []
@@ -515,6 +365,6 @@ def test_news_feed_learns_from_three_opened_items(browser, bundle_dir, tmp_path)
         wait_text(page, "news-catalog", "Imported news (2)")
         imported = " ".join(_feed_titles(page))
         assert "Local team wins" in imported and "Markets rally" in imported
-    with sqlite3.connect(running["db"]) as conn:
+    with sqlite3.connect(running.db) as conn:
         clicks = conn.execute("SELECT count(*) FROM news_clicks").fetchone()[0]
     assert clicks == 3

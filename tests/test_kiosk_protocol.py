@@ -9,9 +9,7 @@ the server stopped); the timeouts are generous and nothing about speed is assert
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,20 +18,17 @@ pytest.importorskip("flet")
 pytest.importorskip("flet_web")
 pytest.importorskip("websockets")
 
-from app.runtime import BundleError, load_bundle  # noqa: E402
+from bench.flet_driver import sound_bundle  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "assets" / "bundles" / "medication-demo"
 SESSIONS = 4
 SECONDS = 15.0
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import kiosk_protocol_load
+    from bench import kiosk_protocol_load
 
     return kiosk_protocol_load
 
@@ -42,16 +37,8 @@ def bench():
 def bundle_dir(request) -> Path:
     """The shipped bundle when it is there and sound, else the tiny test bundle
     ($POCKETREC_PROTOCOL_BUNDLE=tiny forces the tiny one, or names another bundle folder)."""
-    choice = os.environ.get("POCKETREC_PROTOCOL_BUNDLE", "")
-    if choice == "tiny":
-        return request.getfixturevalue("tiny_bundle")
-    if choice:
-        return Path(choice)
-    if (SHIPPED / "manifest.json").is_file():
-        with contextlib.suppress(BundleError):
-            load_bundle(SHIPPED)
-            return SHIPPED
-    return request.getfixturevalue("tiny_bundle")
+    chosen = sound_bundle(os.environ.get("POCKETREC_PROTOCOL_BUNDLE", ""))
+    return chosen or request.getfixturevalue("tiny_bundle")
 
 
 def test_protocol_clients_save_every_visit(bench, bundle_dir: Path, tmp_path: Path):

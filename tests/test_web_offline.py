@@ -5,8 +5,9 @@ builds (skwasm: main.dart.wasm; canvaskit: main.dart.js).
 Every request of the browser context (page, workers, service worker) and every WebSocket is
 recorded; requests to other hosts are aborted, so the test itself never leaves the machine. The
 page's Content-Security-Policy violations are recorded too: one means the client tried to load
-something from elsewhere and only the policy stopped it. Reuses the server and Chromium set-up of
-tests/test_browser.py (skipped without /usr/bin/chromium unless POCKETREC_REQUIRE_BROWSER=1).
+something from elsewhere and only the policy stopped it. Reuses the server and Chromium fixtures of
+tests/test_browser.py (skipped without /usr/bin/chromium unless POCKETREC_REQUIRE_BROWSER=1) and
+the page helpers of bench/flet_driver.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ from urllib.parse import urlsplit
 
 import pytest
 import test_browser as tb
+
+from bench.flet_driver import (
+    LOAD_TIMEOUT_MS,
+    VIEWPORT,
+    click,
+    enable_semantics,
+    wait_for,
+    wait_text,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -48,9 +58,9 @@ def is_local(url: str) -> bool:
 def test_web_client_asks_no_other_host(browser, bundle_dir, tmp_path, renderer):
     env = {"FLET_WEB_RENDERER": renderer}
     with tb.serve(tmp_path, bundle_dir, env) as running:
-        index = urllib.request.urlopen(running["url"], timeout=5).read().decode()
+        index = urllib.request.urlopen(running.url, timeout=5).read().decode()
         requests: list[str] = []
-        context = browser.new_context(viewport=tb.VIEWPORT)
+        context = browser.new_context(viewport=VIEWPORT)
         try:
             context.on("request", lambda request: requests.append(request.url))
             context.route(
@@ -62,11 +72,11 @@ def test_web_client_asks_no_other_host(browser, bundle_dir, tmp_path, renderer):
                 pytest.skip("this Chromium has no WebGL, which Flutter's skwasm build needs")
             page.on("websocket", lambda ws: requests.append(ws.url))
             page.add_init_script(RECORD_CSP_VIOLATIONS)
-            page.goto(running["url"], timeout=tb.LOAD_TIMEOUT_MS)
-            tb.enable_semantics(page)
-            tb.wait_for(page, "nav-patients")
-            tb.click(page, "nav-model")
-            tb.wait_text(page, "model-card", "Model card")
+            page.goto(running.url, timeout=LOAD_TIMEOUT_MS)
+            enable_semantics(page)
+            wait_for(page, "nav-patients")
+            click(page, "nav-model")
+            wait_text(page, "model-card", "Model card")
             # the client loads some parts (Rive among them) after the first frame
             page.wait_for_timeout(2_000)
             engine = page.evaluate(
