@@ -57,3 +57,38 @@ def test_a_flipped_byte_is_refused_with_a_clear_message(tmp_path):
     assert r.returncode == 2
     assert "model.int8.onnx" in r.stderr and "sha256" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+NEWS_APP_ONLY = """
+import sys, json, tempfile
+from pathlib import Path
+for name in ("torch", "transformers", "pandas", "safetensors", "peft", "optimum", "export",
+             "distill"):
+    sys.modules[name] = None
+from app.history import History
+from app.news_state import NewsState
+folder = Path(tempfile.mkdtemp())
+news = NewsState(History(folder / "pocketrec.db"))
+assert news.ensure_loaded(), news.error
+cold = news.feed()
+for item_id in cold.ids[:3]:
+    news.open_item(item_id)
+warm = news.feed()
+print(json.dumps({"name": news.bundle_name, "cold": [cold.method, cold.ids],
+                  "warm": [warm.method, warm.ids], "clicks": news.clicks()}))
+"""
+
+
+def test_shipped_news_bundle_feeds_a_reader_without_training_libraries():
+    r = subprocess.run(
+        [sys.executable, "-c", NEWS_APP_ONLY], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["name"] == "news-movielens-demo"
+    assert out["cold"][0] == "popular" and len(out["cold"][1]) == 10
+    assert out["warm"][0] == "model" and out["clicks"] == out["cold"][1][:3]
+    assert not set(out["clicks"]) & set(out["warm"][1])
+    manifest = json.loads((ROOT / "assets" / "bundles" / "news-demo" / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] is True
+    assert set(manifest["metrics"]) == {"teacher", "student_kd", "student_nokd", "popularity"}
