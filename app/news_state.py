@@ -16,6 +16,7 @@ This module is on the app's side of the dependency wall: the standard library, n
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -116,11 +117,17 @@ def read_news_tsv(path: str | Path) -> tuple[list[dict], Counter]:
     last row (counted). A file that is not UTF-8, or has no usable row, is a NewsError naming
     the file (and the line)."""
     path = Path(path)
+    if path.is_dir():
+        raise NewsError(f"{path}: a folder (expected the MIND news.tsv file inside it)")
     if not path.is_file():
         raise NewsError(f"{path}: no such file (expected a MIND news.tsv)")
     skipped: Counter = Counter()
     articles: dict[str, dict] = {}
-    with path.open("rb") as f:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise NewsError(f"{path}: cannot read it ({e.strerror or e})") from e
+    with f:
         for n, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
@@ -151,6 +158,15 @@ def read_news_tsv(path: str | Path) -> tuple[list[dict], Counter]:
             "title, abstract, url, ... separated by tabs)"
         )
     return list(articles.values()), skipped
+
+
+def _cache_message(path: Path, e: sqlite3.Error) -> str:
+    if "full" in str(e).lower():
+        return (
+            f"the disk holding {path} is full: the catalog's item vectors could not be stored; "
+            "free some space and open News again"
+        )
+    return f"cannot store the catalog's item vectors in {path}: {e}"
 
 
 class NewsState:
@@ -186,12 +202,15 @@ class NewsState:
                     "--news-bundle DIR/bundle"
                 )
                 return False
-            ranker = NewsRanker(bundle, self.history.path, threads=self.threads)
-            self._articles = self.history.news_articles()
-            if self._articles:
-                ranker.store.add_items(
-                    {i: (a["title"], a["category"]) for i, a in self._articles.items()}
-                )
+            try:
+                ranker = NewsRanker(bundle, self.history.path, threads=self.threads)
+                self._articles = self.history.news_articles()
+                if self._articles:
+                    ranker.store.add_items(
+                        {i: (a["title"], a["category"]) for i, a in self._articles.items()}
+                    )
+            except sqlite3.Error as e:  # not kept as `error`: a full disk can be freed
+                raise NewsError(_cache_message(self.history.path, e)) from e
             self.ranker = ranker
             return True
 
@@ -297,8 +316,11 @@ class NewsState:
         report.added, report.replaced = self.history.save_news_articles(
             articles, source=Path(path).name
         )
-        report.vectors_computed = ranker.store.add_items(
-            {a["item_id"]: (a["title"], a["category"]) for a in articles}
-        )
         self._articles = self.history.news_articles()
+        try:
+            report.vectors_computed = ranker.store.add_items(
+                {a["item_id"]: (a["title"], a["category"]) for a in articles}
+            )
+        except sqlite3.Error as e:  # the articles are saved; their vectors come at next start
+            raise NewsError(_cache_message(self.history.path, e)) from e
         return report

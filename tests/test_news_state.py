@@ -226,3 +226,27 @@ def test_bad_cold_start_data_in_a_bundle_is_refused(tmp_path):
     # the untouched copy loads, with its cold-start data
     bundle = _rehashed_copy(tmp_path / "d")()
     assert bundle.clicks and bundle.seen and bundle.cold_start["half_life_hours"] > 0
+
+
+def test_a_vector_cache_that_cannot_be_written_is_a_clear_error_and_retried(tmp_path):
+    from app.news_runtime import TABLE
+
+    path = tmp_path / "pocketrec.db"
+    history = History(path)
+    with sqlite3.connect(path) as conn:  # a foreign table where the cache belongs
+        conn.execute(f"CREATE TABLE {TABLE} (something_else TEXT)")
+    state = NewsState(history, DEFAULT_NEWS_BUNDLE)
+    with pytest.raises(NewsError, match="cannot store the catalog's item vectors") as info:
+        state.ensure_loaded()
+    assert str(path) in str(info.value) and not state.loaded
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"DROP TABLE {TABLE}")
+    assert state.ensure_loaded()  # not remembered as "no bundle": the next try works
+    assert state.feed().method == "popular"
+    state.ranker.close()
+    history.close()
+
+
+def test_a_folder_given_for_news_tsv_is_a_clear_error(tmp_path):
+    with pytest.raises(NewsError, match="a folder .expected the MIND news.tsv file inside it"):
+        read_news_tsv(tmp_path)
