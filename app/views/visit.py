@@ -314,7 +314,7 @@ class VisitView:
             width=440,
             scroll=ft.ScrollMode.AUTO,
         )
-        right = ft.Column(
+        self.right = right = ft.Column(
             [
                 heading("Suggestions", 18),
                 tid("ddi-warnings", self.warnings),
@@ -476,11 +476,14 @@ class VisitView:
             return
         self._show_result(result, rebuild=True)
         n = sum(1 for s in result.suggestions if s.suggested)
-        self._working(
-            False,
+        self.busy.visible = False
+        self.status.value = (
             f"{n} drug class{'es' if n != 1 else ''} at or above the threshold "
-            f"{result.threshold:.2f} ({result.backend}).",
+            f"{result.threshold:.2f} ({result.backend})."
         )
+        self.status.color = None
+        # a suggestion changes the right-hand column and the status only
+        self.page.update(self.right, self.busy, self.status)
 
     async def _on_save(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()
@@ -501,8 +504,13 @@ class VisitView:
 
     def _working(self, busy: bool, message: str, error: bool = False) -> None:
         """Show progress. Flet 1.0 skips its automatic update after a handler that called
-        update() itself, so both the start and the end of long work update explicitly."""
+        update() itself, so both the start and the end of long work update explicitly. The
+        start changes only the ring and the status line: patching just those two spares the
+        server a diff of the whole page (the visit view is the largest) before the work."""
         self.busy.visible = busy
         self.status.value = message
         self.status.color = DANGER if error else None
-        self.page.update()
+        if busy:
+            self.page.update(self.busy, self.status)
+        else:
+            self.page.update()
