@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from export.bundle import BUNDLE_FORMAT, sha256_file
-from export.onnx import OPSET, ExportError
+from export.onnx import ExportError
 
 __all__ = [
     "CATALOG_FILE",
@@ -271,56 +271,21 @@ def _export_graph(
     axes: tuple[dict, dict],
     meta: dict[str, str],
 ) -> dict:
-    """Trace `module` on `args` to `path` (temp file, checks, metadata, rename); -> describe."""
-    import onnx
+    """Trace `module` on `args` to `path` with the encoder contract `axes` checked
+    (`export.onnx.write_graph`); -> describe, plus the axes' symbols."""
     import torch
 
-    from export.onnx import describe, quiet_exporter, strip_debug_info
+    from export.onnx import describe, write_graph
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    was_training = module.training
-    try:
-        module.eval()
-        try:
-            with quiet_exporter(), torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(tmp),
-                    dynamo=True,
-                    external_data=False,
-                    dynamic_shapes=dynamic_shapes,
-                    input_names=list(names[0]),
-                    output_names=list(names[1]),
-                    opset_version=OPSET,
-                    verbose=False,
-                )
-        except Exception as e:  # the exporter raises many types; keep the cause chained
-            raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
-        finally:
-            module.train(was_training)
-        proto = onnx.load(str(tmp))
-        got = describe(proto)["opset"]
-        if got != OPSET:
-            raise ExportError(f"asked for opset {OPSET}, the exporter wrote opset {got}")
-        symbols = check_encoder_graph(proto, *axes)
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"the exported graph is not valid ONNX: {e}") from e
-        stripped = strip_debug_info(proto)
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    stripped, symbols = write_graph(
+        module,
+        args,
+        path,
+        names,
+        dynamic_shapes,
+        lambda proto: check_encoder_graph(proto, *axes),
+        meta,
+    )
     info = describe(path)
     info["torch"] = torch.__version__
     info["debug_bytes_stripped"] = stripped

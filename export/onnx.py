@@ -31,7 +31,9 @@ import os
 import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from distill.data.tensors import INPUT_NAMES
 
@@ -236,23 +238,80 @@ def quiet_exporter():
             lg.setLevel(level)
 
 
-def _trace(model, args: tuple, path: Path, opset: int) -> None:
+def _trace(module, args: tuple, path: Path, opset: int, names: tuple, dynamic: tuple) -> None:
     """torch -> ONNX file at `path` (one file: weights inside), quietly."""
     import torch
 
     with quiet_exporter(), torch.no_grad():
         torch.onnx.export(
-            model,
+            module,
             args,
             str(path),
             dynamo=True,
             external_data=False,
-            dynamic_shapes=dynamic_shapes(),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic,
+            input_names=list(names[0]),
+            output_names=list(names[1]),
             opset_version=opset,
             verbose=False,
         )
+
+
+def write_graph(
+    module,
+    args: tuple,
+    path: Path,
+    names: tuple[tuple[str, ...], tuple[str, ...]],
+    dynamic: tuple,
+    check: Callable[[Any], Any],
+    meta: dict[str, str],
+    opset: int = OPSET,
+) -> tuple[int, Any]:
+    """Trace `module` on `args` into the ONNX file `path`, or raise `ExportError` and write
+    nothing: the dynamo exporter (quiet, eval mode, the module's training flag restored) writes
+    a temporary sibling, which must come out at `opset`, pass `check(proto)` (the caller's graph
+    contract) and ONNX's full checker; then its debug info is stripped, `meta` becomes its
+    metadata, and it is renamed into place. Returns (debug bytes stripped, what `check`
+    returned). `names`: (input names, output names); `dynamic`: `dynamic_shapes` for the export.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    was_training = module.training
+    try:
+        module.eval()
+        try:
+            _trace(module, args, tmp, opset, names, dynamic)
+        except Exception as e:  # the exporter raises many types; keep the cause chained
+            raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
+        finally:
+            module.train(was_training)
+
+        proto = onnx.load(str(tmp))
+        got_opset = describe(proto)["opset"]
+        if got_opset != opset:
+            # the exporter down-converts below its native opset on a best-effort basis and
+            # keeps the original graph when that fails (e.g. LayerNormalization below 17)
+            raise ExportError(f"asked for opset {opset}, the exporter wrote opset {got_opset}")
+        checked = check(proto)
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported graph is not valid ONNX: {e}") from e
+        stripped = strip_debug_info(proto)
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return stripped, checked
 
 
 def export_student(
@@ -271,7 +330,6 @@ def export_student(
     written to `path` then). Returns `describe(...)` of the written file plus the student
     config and the example sizes traced with.
     """
-    import onnx
     import torch
 
     if example_batch < 2 or example_visits < 2:
@@ -280,51 +338,26 @@ def export_student(
             f"(got batch={example_batch}, visits={example_visits})"
         )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     args = example_inputs(config, example_batch, example_visits)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     args = tuple(a.to(device) for a in args)
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    was_training = model.training
-    try:
-        model.eval()
-        try:
-            _trace(model, args, tmp, opset)
-        except Exception as e:  # the exporter raises many types; keep the cause chained
-            raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
-        finally:
-            model.train(was_training)
-
-        proto = onnx.load(str(tmp))
-        got_opset = describe(proto)["opset"]
-        if got_opset != opset:
-            # the exporter down-converts below its native opset on a best-effort basis and
-            # keeps the original graph when that fails (e.g. LayerNormalization below 17)
-            raise ExportError(f"asked for opset {opset}, the exporter wrote opset {got_opset}")
-        check_graph(proto)
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"the exported graph is not valid ONNX: {e}") from e
-        stripped = strip_debug_info(proto)
-        meta = {
-            "pocketrec.format": "pocketrec-leader-student-onnx/1",
-            "pocketrec.inputs": ",".join(INPUT_NAMES),
-            "pocketrec.outputs": ",".join(OUTPUT_NAMES),
-        }
-        if hasattr(config, "to_dict"):
-            meta["pocketrec.student_config"] = json.dumps(config.to_dict(), sort_keys=True)
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    meta = {
+        "pocketrec.format": "pocketrec-leader-student-onnx/1",
+        "pocketrec.inputs": ",".join(INPUT_NAMES),
+        "pocketrec.outputs": ",".join(OUTPUT_NAMES),
+    }
+    if hasattr(config, "to_dict"):
+        meta["pocketrec.student_config"] = json.dumps(config.to_dict(), sort_keys=True)
+    stripped, _ = write_graph(
+        model,
+        args,
+        path,
+        (INPUT_NAMES, OUTPUT_NAMES),
+        dynamic_shapes(),
+        check_graph,
+        meta,
+        opset,
+    )
 
     info = describe(path)
     info["torch"] = torch.__version__

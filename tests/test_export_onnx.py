@@ -196,7 +196,7 @@ def test_an_opset_the_exporter_could_not_reach_is_an_error(exported, tmp_path, m
     the original opset; export_student must notice (simulated: the trace writes opset 18)."""
     _, path, _, _ = exported
 
-    def fake_trace(model, args, out, opset):
+    def fake_trace(model, args, out, opset, *names_and_shapes):
         shutil.copyfile(path, out)
 
     monkeypatch.setattr(export_onnx, "_trace", fake_trace)
@@ -206,7 +206,7 @@ def test_an_opset_the_exporter_could_not_reach_is_an_error(exported, tmp_path, m
 
 
 def test_exporter_failures_become_export_errors(tmp_path, monkeypatch):
-    def broken_trace(model, args, out, opset):
+    def broken_trace(model, args, out, opset, *names_and_shapes):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(export_onnx, "_trace", broken_trace)
