@@ -53,6 +53,7 @@ from distill.teacher import (
     pad_batch,
     pool_hidden,
     quiet_transformers,
+    read_saved_info,
     resolve_backbone,
 )
 
@@ -702,12 +703,7 @@ def load_news_teacher(out_dir: str | Path) -> NewsTeacher:
     from safetensors.torch import load_file
 
     out = Path(out_dir)
-    path = out / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{out}: no {CONFIG_FILE}; not a saved news teacher")
-    info = json.loads(path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {info.get('format')!r}")
+    info = read_saved_info(out, CONFIG_FILE, FORMAT, "news teacher")
     cfg = NewsTeacherConfig.from_dict(info["config"])
     source = resolve_backbone(cfg.backbone)
     tokenizer = load_backbone_tokenizer(source, "right")

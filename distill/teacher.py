@@ -52,6 +52,7 @@ __all__ = [
     "pool_hidden",
     "predict_proba",
     "quiet_transformers",
+    "read_saved_info",
     "resolve_backbone",
     "save_teacher",
     "train_teacher",
@@ -408,17 +409,24 @@ def save_teacher(model: TeacherModel, out_dir: str | Path) -> Path:
     return out
 
 
+def read_saved_info(out: Path, config_file: str, fmt: str, what: str) -> dict:
+    """The JSON description a saved teacher keeps in `out/config_file`, checked to be of
+    format `fmt` (FileNotFoundError / ValueError naming the file otherwise)."""
+    path = out / config_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: no {config_file}; not a saved {what}")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("format") != fmt:
+        raise ValueError(f"{path}: unknown format {info.get('format')!r}")
+    return info
+
+
 def load_teacher(out_dir: str | Path) -> TeacherModel:
     """Rebuild a teacher written by :func:`save_teacher` (eval mode, on the CPU)."""
     from safetensors.torch import load_file
 
     out = Path(out_dir)
-    cfg_path = out / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{out}: no {CONFIG_FILE}; not a saved teacher")
-    info = json.loads(cfg_path.read_text())
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: unknown format {info.get('format')!r}")
+    info = read_saved_info(out, CONFIG_FILE, FORMAT, "teacher")
     cfg = TeacherConfig.from_dict(info["config"])
     tokenizer = load_backbone_tokenizer(str(out / "tokenizer"), cfg.truncation_side)
     if cfg.lora:
@@ -431,7 +439,9 @@ def load_teacher(out_dir: str | Path) -> TeacherModel:
             backbone = load_backbone(str(out / "backbone"))
     model = TeacherModel(backbone, tokenizer, cfg, int(info["n_labels"]))
     if model.pooling != info["pooling"]:
-        raise ValueError(f"{cfg_path}: pooling {info['pooling']!r} != rebuilt {model.pooling!r}")
+        raise ValueError(
+            f"{out / CONFIG_FILE}: pooling {info['pooling']!r} != rebuilt {model.pooling!r}"
+        )
     head = load_file(str(out / HEAD_FILE))
     model.head.load_state_dict(head)
     return model.eval()
