@@ -53,13 +53,14 @@ def build_tiny_llama(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_bert(folder: Path) -> Path:
-    """2-layer BERT (hidden 32, no dropout) with a [CLS] ... [SEP] template and a pad token."""
+def save_tiny_bert(folder: Path, raw, vocab_size: int, max_positions: int = 128) -> Path:
+    """Save a 2-layer BERT (hidden 32, no dropout, seed 0) with the word-level `raw`
+    tokenizer (a `tokenizers.Tokenizer` whose ids 0-3 are [PAD] [UNK] [CLS] [SEP]), given
+    BERT's "[CLS] ... [SEP]" template, to `folder`."""
     import torch
     from tokenizers import processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    raw, _, vocab = _word_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], unk_token="[UNK]")
     raw.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
@@ -69,12 +70,12 @@ def build_tiny_bert(folder: Path) -> Path:
     )  # fmt: skip
     torch.manual_seed(0)
     cfg = BertConfig(
-        vocab_size=len(vocab),
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         pad_token_id=0,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -82,6 +83,12 @@ def build_tiny_bert(folder: Path) -> Path:
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    """2-layer BERT (hidden 32, no dropout) with a [CLS] ... [SEP] template and a pad token."""
+    raw, _, vocab = _word_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], unk_token="[UNK]")
+    return save_tiny_bert(folder, raw, len(vocab))
 
 
 @pytest.fixture(scope="session")

@@ -57,36 +57,15 @@ def words(text: str) -> list[str]:
 def build_news_bert(folder: Path) -> str:
     """A 2-layer BERT (hidden 32) whose word-level tokenizer knows every word and mark
     `generate_mind` writes into categories and titles (lower-cased, punctuation split off)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from conftest import save_tiny_bert
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     known = sorted({w for t, ws in TOPICS.items() for w in [t, *ws.split()]} | set(FILLERS))
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", ":", '"', *known])}
     raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     raw.normalizer = normalizers.Lowercase()
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return str(save_tiny_bert(folder, raw, len(vocab), max_positions=64))
 
 
 @pytest.fixture(autouse=True)
