@@ -33,7 +33,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, obj, compact: bool = True) -> None:
+def install_dir(tmp: Path, out_dir: Path) -> None:
+    """Put the finished folder `tmp` (a sibling of `out_dir`) in place of `out_dir`: renames
+    only, so a reader sees the old bundle or the new one, never a mix."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def write_json(path: Path, obj, compact: bool = True) -> None:
     # compact: the bundle is sized for devices; the manifest stays readable
     text = (
         json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
@@ -130,9 +143,9 @@ def write_bundle(
     try:
         shutil.copyfile(int8_model, tmp / MODEL_FILE)
         shutil.copyfile(weights, tmp / WEIGHTS_FILE)
-        _write_json(tmp / "vocab.json", vocab)
-        _write_json(tmp / "labels.json", labels)
-        _write_json(tmp / "ddi.json", ddi)
+        write_json(tmp / "vocab.json", vocab)
+        write_json(tmp / "labels.json", labels)
+        write_json(tmp / "ddi.json", ddi)
         (tmp / "titles.json.gz").write_bytes(
             gzip.compress(json.dumps(titles, separators=(",", ":")).encode("utf-8"), mtime=0)
         )
@@ -157,15 +170,8 @@ def write_bundle(
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {f: sha256_file(tmp / f) for f in files}
         manifest["vocab_sha256"] = manifest["files"]["vocab.json"]
-        _write_json(tmp / "manifest.json", manifest, compact=False)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        write_json(tmp / "manifest.json", manifest, compact=False)
+        install_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -49,7 +49,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
-import os
 import random
 import shutil
 import sys
@@ -60,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import BUNDLE_FORMAT, sha256_file
+from export.bundle import BUNDLE_FORMAT, install_dir, sha256_file, write_json
 from export.onnx import ExportError
 
 __all__ = [
@@ -785,15 +784,6 @@ def cold_start_settings(seen: dict[str, int]) -> dict:
     return {"now": last, "half_life_hours": round(half_life, 1)}
 
 
-def _write_json(path: Path, obj: Any, compact: bool = True) -> None:
-    text = (
-        json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-        if compact
-        else json.dumps(obj, indent=1, ensure_ascii=False)
-    )
-    path.write_text(text + "\n", encoding="utf-8")
-
-
 def _write_dir(out_dir: Path, files: dict[str, Path], documents: dict, manifest: dict) -> None:
     """Copy/write everything into a temp sibling of `out_dir`, hash it, rename into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -801,22 +791,15 @@ def _write_dir(out_dir: Path, files: dict[str, Path], documents: dict, manifest:
     try:
         for name, src in files.items():
             shutil.copyfile(src, tmp / name)
-        _write_json(tmp / PIECES_FILE, documents["pieces"])
+        write_json(tmp / PIECES_FILE, documents["pieces"])
         raw = json.dumps(documents["catalog"], separators=(",", ":"), ensure_ascii=False)
         (tmp / CATALOG_FILE).write_bytes(gzip.compress(raw.encode("utf-8"), mtime=0))
         (tmp / CARD_FILE).write_text(model_card(manifest), encoding="utf-8")
         names = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {n: sha256_file(tmp / n) for n in names}
         manifest["size_bytes"] = {n: (tmp / n).stat().st_size for n in names}
-        _write_json(tmp / "manifest.json", manifest, compact=False)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        write_json(tmp / "manifest.json", manifest, compact=False)
+        install_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
