@@ -114,3 +114,14 @@ def tiny_bundle(tmp_path_factory) -> Path:
     from bundle_factory import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle") / "bundle")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test, then as it was."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

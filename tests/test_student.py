@@ -19,14 +19,8 @@ from distill.student import (
     save_student,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: one intra-op thread is fastest and avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread is fastest on the shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = StudentConfig(

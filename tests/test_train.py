@@ -28,13 +28,8 @@ SCFG = StudentConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: one intra-op thread is fastest on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread is fastest on the shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _arrays(n: int, seed: int, random_labels: bool = False) -> dict[str, np.ndarray]:
