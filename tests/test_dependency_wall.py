@@ -1,6 +1,8 @@
 """The dependency wall: `app/` runs on the standard library, flet, sqlite_utils, onnxruntime and
-numpy. Nothing under app/ may import torch, transformers, safetensors, pandas, the training code
-(`distill`) or the export code (`export`): the app ships without them.
+numpy, and the shared ground floor `contract/` (standard library and numpy only). Nothing under
+app/ or contract/ may import torch, transformers, safetensors, pandas, the training code
+(`distill`), the export code (`export`) or the front door (`pocketrec`): the app ships without
+them.
 """
 
 from __future__ import annotations
@@ -13,15 +15,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
+SHIPPED = (ROOT / "app", ROOT / "contract")  # what the app build carries
 ALLOWED_THIRD_PARTY = {"flet", "sqlite_utils", "onnxruntime", "numpy"}
-ALLOWED = set(sys.stdlib_module_names) | ALLOWED_THIRD_PARTY | {"app"}
-BLOCKED = ("torch", "transformers", "safetensors", "pandas", "peft", "optimum", "distill", "export")
+ALLOWED = set(sys.stdlib_module_names) | ALLOWED_THIRD_PARTY | {"app", "contract"}
+BLOCKED = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "pandas",
+    "peft",
+    "optimum",
+    "distill",
+    "export",
+    "pocketrec",
+)
 
 
 def app_modules() -> list[str]:
-    """Dotted names of every module under app/ (packages by their __init__)."""
+    """Dotted names of every module under app/ and contract/ (packages by their __init__)."""
     names = []
-    for path in sorted(APP.rglob("*.py")):
+    for path in sorted(p for folder in SHIPPED for p in folder.rglob("*.py")):
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
@@ -30,7 +43,7 @@ def app_modules() -> list[str]:
 
 
 def test_app_has_modules():
-    assert "app" in app_modules() and "app.runtime" in app_modules()
+    assert {"app", "app.main", "contract", "contract.bundle"} <= set(app_modules())
 
 
 def test_every_app_module_imports_with_the_heavy_packages_blocked():
@@ -75,7 +88,7 @@ def imported_roots(tree: ast.AST) -> list[tuple[int, str]]:
 
 def test_app_imports_only_allowed_packages():
     bad = []
-    for path in sorted(APP.rglob("*.py")):
+    for path in sorted(p for folder in SHIPPED for p in folder.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for line, root in imported_roots(tree):
             if root not in ALLOWED:

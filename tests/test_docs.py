@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from distill.cli import build_parser
+from pocketrec.cli import build_parser
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -55,3 +55,12 @@ def test_flet_build_configuration_points_at_a_real_entry_module():
     # the packaged app carries no training code and no raw data
     assert {"distill", "export", "assets/data"} <= set(app["exclude"])
     assert cfg["org"] and cfg["product"]
+
+
+def test_every_source_file_the_readme_names_exists():
+    root = Path(__file__).resolve().parents[1]
+    pattern = r"`((?:contract|distill|export|app|pocketrec|bench|tests)/[\w/.]*\.py)"
+    named = set(re.findall(pattern, README))
+    assert named, "the README names no source file"
+    missing = sorted(p for p in named if not (root / p).is_file())
+    assert not missing, f"README names files that do not exist: {missing}"
