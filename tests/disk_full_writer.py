@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.history import History  # noqa: E402
+from app.storage.database import History  # noqa: E402
 
 CHOICES = ("accepted", "rejected", "added")
 MAX_VISITS = 5000  # a 1 MiB disk fills after a few dozen; stop rather than loop forever
@@ -209,7 +209,7 @@ def backup_mode(folder: Path, live: Path) -> dict:
         * conn.execute("PRAGMA page_size").fetchone()[0]
     )
     conn.close()
-    cli = [sys.executable, "-m", "distill.cli", "app", "backup", "--db", str(live), "--out"]
+    cli = [sys.executable, "-m", "pocketrec.cli", "app", "backup", "--db", str(live), "--out"]
     report: dict = {"live_bytes": size, "out": str(out)}
 
     filler = fill(folder, leave=size // 3)  # room for a third of the copy: fails half-way

@@ -225,7 +225,7 @@ def broken(request, tmp_path) -> Broken:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "distill.cli", "data", "stats", *args],
+        [sys.executable, "-m", "pocketrec.cli", "data", "stats", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from app.history import History
+from app.storage.database import History
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pocketrec.cli", *args], capture_output=True, text=True, timeout=60
     )
 
 

@@ -24,7 +24,7 @@ KEYS = {
 
 def stats(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "data", "stats", *args],
+        [sys.executable, "-m", "pocketrec.cli", "data", "stats", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -10,7 +10,7 @@ BLOCK = """
 import sys
 for name in ("pandas", "torch", "transformers", "peft", "optimum", "safetensors"):
     sys.modules[name] = None  # any import of these now raises ImportError
-from distill.cli import build_parser, main
+from pocketrec.cli import build_parser, main
 parser = build_parser()
 assert {"data", "distill"} <= set(parser._subparsers._group_actions[0].choices)
 try:

@@ -37,7 +37,7 @@ def recommend_cmd() -> list[str]:
     return [
         sys.executable,
         "-m",
-        "distill.cli",
+        "pocketrec.cli",
         "recommend",
         "--bundle",
         str(BUNDLE),

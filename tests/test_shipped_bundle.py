@@ -16,7 +16,7 @@ APP_ONLY = """
 import sys
 for name in ("torch", "transformers", "pandas", "safetensors", "peft", "optimum", "export"):
     sys.modules[name] = None
-from distill.cli import main
+from pocketrec.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -65,8 +65,8 @@ from pathlib import Path
 for name in ("torch", "transformers", "pandas", "safetensors", "peft", "optimum", "export",
              "distill"):
     sys.modules[name] = None
-from app.history import History
-from app.news_state import NewsState
+from app.storage.database import History
+from app.news.state import NewsState
 folder = Path(tempfile.mkdtemp())
 news = NewsState(History(folder / "pocketrec.db"))
 assert news.ensure_loaded(), news.error

@@ -1,0 +1,169 @@
+"""`pocketrec`: one console command, one subcommand per job.
+
+The parser lives here; the commands live in `train_commands` (data, distill, export, pipeline)
+and `app_commands` (recommend, app). Each command imports its heavy libraries inside itself, so
+`pocketrec recommend` and `pocketrec app` run in an install with only the `app` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pocketrec.app_commands import cmd_app, cmd_recommend
+from pocketrec.console import configure_logging
+from pocketrec.console import fail as _fail
+from pocketrec.train_commands import (
+    NEWS_SOURCES,
+    cmd_data_stats,
+    cmd_distill,
+    cmd_export,
+    cmd_pipeline,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from distill.data import FORMATS, SOURCES
+
+    p = argparse.ArgumentParser(
+        prog="pocketrec",
+        description="Offline, LLM-distilled recommenders: data, distillation, export, app.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect EHR data sources")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    st = data_sub.add_parser(
+        "stats", help="patients, visits, vocabularies and drug mapping of a source"
+    )
+    st.add_argument("--source", choices=sorted(SOURCES), help="an embedded demo source")
+    st.add_argument("--path", type=Path, help="folder of your own export")
+    st.add_argument("--format", choices=FORMATS, help="format of the export at --path")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=cmd_data_stats)
+
+    ds = sub.add_parser(
+        "distill",
+        help="teacher -> features -> KD and no-KD students -> k-fold report (medication)",
+    )
+    ds.add_argument("--domain", default="medication", choices=["medication", "news"])
+    ds.add_argument(
+        "--source",
+        choices=sorted(SOURCES) + list(NEWS_SOURCES),
+        help="an embedded demo source (news: movielens-demo)",
+    )
+    ds.add_argument("--path", type=Path, help="folder of your own export (MIND folder for news)")
+    ds.add_argument("--format", choices=[*FORMATS, "mind"], help="format of the export at --path")
+    ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
+    ds.add_argument(
+        "--teacher",
+        default="minilm",
+        help="minilm (embedded all-MiniLM-L6-v2), a local model folder or a hub id",
+    )
+    ds.add_argument("--protocol", default="all-visits", choices=["all-visits", "last-visit"])
+    ds.add_argument("--folds", type=int, default=5)
+    ds.add_argument("--seed", type=int, default=0, help="0 = the published split formula")
+    ds.add_argument("--alpha", type=float, default=1.0, help="weight of the feature-KD loss")
+    ds.add_argument("--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss")
+    ds.add_argument(
+        "--teacher-epochs", type=float, default=2.0, help="teacher fine-tuning epochs (default 2)"
+    )
+    ds.add_argument(
+        "--max-length",
+        type=int,
+        default=384,
+        help="teacher prompt budget in tokens (default 384; --quick caps it at 128)",
+    )
+    ds.add_argument(
+        "--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA"
+    )
+    ds.add_argument(
+        "--online-kd",
+        action="store_true",
+        help="ask the live teacher for features batch by batch instead of the cache",
+    )
+    ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
+    ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ds.set_defaults(func=cmd_distill)
+
+    ex = sub.add_parser("export", help="a distill run -> int8 ONNX with parity gates -> a bundle")
+    ex.add_argument("--run", required=True, help="folder of a finished `pocketrec distill` run")
+    ex.add_argument("--out", required=True, help="bundle folder to write")
+    ex.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    ex.add_argument(
+        "--data",
+        type=Path,
+        help="no longer needed (refused): the run folder keeps everything export reads",
+    )
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("pipeline", help="distill + export end to end")
+    pl.add_argument("--domain", default="medication", choices=["medication", "news"])
+    for action in ds._actions:  # the distill options, unchanged
+        if action.dest not in ("help", "domain") and action.option_strings:
+            pl._add_action(action)
+    pl.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    pl.set_defaults(func=cmd_pipeline)
+
+    rc = sub.add_parser("recommend", help="score one visit with a bundle (app extra only)")
+    rc.add_argument("--bundle", help="bundle folder (default: the shipped medication demo)")
+    rc.add_argument("--dx", required=True, help="diagnosis codes, comma-separated: icd9cm:4019,...")
+    rc.add_argument("--px", help="procedure codes, comma-separated (icd9pcs:3893,...)")
+    rc.add_argument("--history", help="JSON file: earlier visits, oldest first")
+    rc.add_argument("--profile", help="profile fields, e.g. gender=F,age_band=70-79")
+    rc.add_argument("--top", type=int, default=10, help="how many drug classes to list")
+    rc.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "numpy"])
+    rc.add_argument("--json", action="store_true", help="print one JSON object")
+    rc.set_defaults(func=cmd_recommend)
+
+    ap = sub.add_parser("app", help="the offline clinic app (desktop window, or web kiosk)")
+    ap.add_argument("--bundle", help="bundle folder (default: the shipped medication demo)")
+    ap.add_argument("--web", action="store_true", help="serve on 127.0.0.1 for a browser")
+    ap.add_argument("--port", type=int, help="web port (default 8550)")
+    ap.add_argument("--kiosk", action="store_true", help="full-screen web kiosk, idle lock")
+    ap.add_argument(
+        "--db",
+        help="history database (default: $POCKETREC_DB, "
+        "$FLET_APP_STORAGE_DATA or the platform's user data folder)",
+    )
+    ap.add_argument("--pin", help="PIN that unlocks the app (stored hashed)")
+    ap.add_argument("--news-bundle", help="the News tab's bundle (default: the shipped news demo)")
+    ap.set_defaults(func=cmd_app, app_command=None)
+    app_sub = ap.add_subparsers(dest="app_command", metavar="APP_COMMAND")
+    bk = app_sub.add_parser("backup", help="copy the history database (SQLite backup API)")
+    bk.add_argument("--db", help="history database (default as for `pocketrec app`)")
+    bk.add_argument("--out", required=True, help="backup file to write")
+    rs = app_sub.add_parser("restore", help="restore the history database from a backup")
+    rs.add_argument("--backup", required=True, help="backup file written by `app backup`")
+    rs.add_argument("--db", help="history database to restore into")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        from distill.data.tables import DataError
+    except ImportError:  # an app-only install has no pandas; data commands are not there
+        DataError = ValueError  # noqa: N806
+    try:
+        return args.func(args)
+    except DataError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    except FileExistsError as e:
+        return _fail(str(e))
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

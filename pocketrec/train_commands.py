@@ -1,0 +1,188 @@
+"""`pocketrec data`, `distill`, `export` and `pipeline`: the training side's commands.
+
+Each imports its stage inside itself, so an app-only install (no pandas, no torch) can still
+build the parser and run `recommend` and `app`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pocketrec.console import fail as _fail
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from distill.data import load_cohort
+    from distill.data.stats import cohort_stats
+
+    if (args.source is None) == (args.path is None):
+        return _fail("data stats: give exactly one of --source or --path")
+    if args.path is not None and args.format is None:
+        return _fail("data stats: --path needs --format (mimic3, mimic4 or synthea)")
+    cohort = load_cohort(args.source, args.path, args.format)
+    stats = cohort_stats(cohort)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        width = max(len(k) for k in stats)
+        for k, v in stats.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+NEWS_SOURCES = ("movielens-demo",)
+
+
+def cmd_distill_news(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from distill.news.run import run_news
+    from distill.news.teacher import NewsTeacherConfig
+
+    out = Path(args.out)
+    if args.source is not None:
+        if args.source not in NEWS_SOURCES:
+            return _fail(f"distill: news sources are {', '.join(NEWS_SOURCES)}, not {args.source}")
+        from distill.data.movielens import demo_mind
+
+        # a temporary copy: the run keeps what its export needs, so the copy can go
+        data = demo_mind(Path(tempfile.mkdtemp(prefix="pocketrec-movielens-mind-")))
+    elif args.format != "mind":
+        return _fail("distill: --domain news reads --path DIR with --format mind")
+    else:
+        data = Path(args.path)
+    try:
+        teacher = NewsTeacherConfig(backbone=args.teacher)
+    except ValueError as e:
+        return _fail(f"distill: {e}")
+    try:
+        report = run_news(
+            out, data, teacher_cfg=teacher, quick=args.quick, force=args.force, source=args.source
+        )
+    finally:
+        if args.source is not None:  # the converted MovieLens copy was ours
+            import shutil
+
+            shutil.rmtree(data, ignore_errors=True)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.json'}  total {report['wall_s'].get('total', 0):.0f} s")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from distill.medication.run import quick_config, run_distill
+
+    if (args.source is None) == (args.path is None):
+        return _fail("distill: give exactly one of --source or --path")
+    if args.path is not None and args.format is None:
+        return _fail("distill: --path needs --format (mimic3, mimic4 or synthea)")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        return _fail(f"distill: {out} is not empty; pass --force to replace it")
+    if getattr(args, "domain", "medication") == "news":
+        return cmd_distill_news(args)
+    try:
+        cfg = _distill_config(args)
+    except ValueError as e:  # a config's own validation names the field and the rule
+        return _fail(f"distill: {e}")
+    if args.quick:
+        cfg = quick_config(cfg)
+    report = run_distill(out, cfg, force=args.force)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.json'}  total {report['wall_s']['total']:.0f} s")
+    return 0
+
+
+def _distill_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from contract.layout import TensorConfig
+    from distill.backbone import TeacherConfig
+    from distill.data.config import DataConfig
+    from distill.medication.run import RunConfig
+    from distill.medication.train import DistillConfig
+
+    teacher = TeacherConfig(backbone=args.teacher, lora=not args.full_finetune)
+    teacher = replace(teacher, epochs=args.teacher_epochs, max_length=args.max_length)
+    return RunConfig(
+        data=DataConfig(
+            source=args.source,
+            path=str(args.path) if args.path else None,
+            fmt=args.format,
+            protocol=args.protocol,
+            folds=args.folds,
+            seed=args.seed,
+        ),
+        teacher=teacher,
+        tensors=TensorConfig(),
+        distill=DistillConfig(alpha=args.alpha, beta=args.beta, seed=args.seed),
+        online_kd=args.online_kd,
+    )
+
+
+def _run_domain(run: Path) -> str:
+    """The domain a finished run's report.json names ("medication" when it names none)."""
+    try:
+        report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{run}: no report.json (expected a finished distill run)") from e
+    except ValueError as e:
+        raise ValueError(f"{run / 'report.json'}: not JSON ({e})") from e
+    return report.get("domain", "medication") if isinstance(report, dict) else "medication"
+
+
+def _export(run: Path, out: Path, preset: str, force: bool, data: Path | None) -> int:
+    from export.parity import ParityError
+
+    if data is not None:
+        return _fail(
+            "export: --data is no longer needed: a run folder keeps everything its export "
+            "reads (drop --data)"
+        )
+    try:
+        domain = _run_domain(run)
+        if domain == "news":
+            from export.news.run import export_news_run
+
+            manifest = export_news_run(run, out, preset=preset, force=force)
+            p = manifest["parity"]["summary"]
+            print(
+                f"bundle: {out}  int8 auc {p['int8_auc']:.4f} (fp32 {p['fp32_auc']:.4f}), "
+                f"{manifest['data']['catalog_items']:,} catalog items"
+            )
+            return 0
+        from export.medication.run import export_run
+
+        report = export_run(run, out, preset=preset, force=force)
+    except (FileNotFoundError, ValueError, ParityError) as e:
+        return _fail(f"export: {e}")
+    m = report["models"]["student_int8"]
+    print(f"bundle: {out}  int8 jaccard {m['jaccard']:.4f} prauc {m['prauc']:.4f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return _export(Path(args.run), Path(args.out), args.preset, args.force, args.data)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        return _fail(f"pipeline: {out} is not empty; pass --force to replace it")
+    args.out = str(out / "run")
+    rc = cmd_distill(args)
+    if rc:
+        return rc
+    rc = _export(out / "run", out / "bundle", args.preset, args.force, None)
+    if rc:
+        return rc
+    # the run's report plus what the export measured (student_int8, sizes, parity)
+    if args.domain == "news":
+        from export.news.run import write_pipeline_report
+    else:
+        from export.medication.run import write_pipeline_report
+    write_pipeline_report(out / "run", out / "bundle", out)
+    print(f"report: {out / 'report.json'}")
+    return 0
