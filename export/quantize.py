@@ -46,11 +46,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from contract.files import atomic_write_bytes, sha256_file
 
 WEIGHT_TYPES = ("int8", "uint8")
 SUPPORTED_OP_TYPES = ("MatMul", "Gemm", "Gather")
@@ -244,10 +245,6 @@ def gemm_to_matmul(model) -> int:
 # --------------------------------------------------------------------------- quantize
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _ops(model) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
@@ -262,17 +259,6 @@ def _quiet_quantizer():
         yield
     finally:
         root.setLevel(level)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def quantize(fp32_path: Path, int8_path: Path, preset: str | QuantizationPreset) -> dict:
@@ -322,7 +308,7 @@ def quantize(fp32_path: Path, int8_path: Path, preset: str | QuantizationPreset)
         qmodel.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(qmodel, full_check=True)
     data = qmodel.SerializeToString()
-    _atomic_write_bytes(int8_path, data)
+    atomic_write_bytes(int8_path, data)
 
     record = {
         "name": preset.name,
@@ -334,7 +320,7 @@ def quantize(fp32_path: Path, int8_path: Path, preset: str | QuantizationPreset)
         "source": {
             "file": fp32_path.name,
             "bytes": fp32_path.stat().st_size,
-            "sha256": _sha256(fp32_path),
+            "sha256": sha256_file(fp32_path),
             "ops": source_ops,
         },
         "output": {
@@ -346,5 +332,5 @@ def quantize(fp32_path: Path, int8_path: Path, preset: str | QuantizationPreset)
     }
     record["size_ratio"] = round(record["output"]["bytes"] / record["source"]["bytes"], 4)
     sidecar = sidecar_path(int8_path)
-    _atomic_write_bytes(sidecar, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(sidecar, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return record

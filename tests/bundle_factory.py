@@ -139,11 +139,12 @@ def build_tiny_bundle(folder: Path, *, seed: int = 7, threshold: float = 0.7) ->
     import torch
     from torch.export import Dim
 
-    from app.runtime import INPUT_NAMES, TITLES_FILE
+    from contract.bundle import TITLES_FILE
+    from contract.layout import INPUT_NAMES
     from distill.data import tensors as dt
     from distill.data.vocab import Vocab
-    from distill.student import LeaderStudent, StudentConfig
-    from export.weights import save_numpy_weights
+    from distill.medication.student import LeaderStudent, StudentConfig
+    from export.medication.weights import save_numpy_weights
 
     folder = Path(folder)
     folder.mkdir(parents=True)

@@ -94,7 +94,7 @@ def build_tiny_bert(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> str:
     """Folder of the tiny Llama backbone + tokenizer, as `resolve_backbone` returns it."""
-    from distill.teacher import resolve_backbone
+    from distill.backbone import resolve_backbone
 
     return resolve_backbone(str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))))
 
@@ -102,7 +102,7 @@ def llama_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory) -> str:
     """Folder of the tiny BERT backbone + tokenizer, as `resolve_backbone` returns it."""
-    from distill.teacher import resolve_backbone
+    from distill.backbone import resolve_backbone
 
     return resolve_backbone(str(build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))))
 

@@ -1,11 +1,18 @@
-"""Tests for distill.baselines: popularity top-k and previous-visit medication baselines."""
+"""Tests for distill.medication.baselines: popularity top-k and previous-visit medication
+baselines."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from distill.baselines import choose_k, label_frequency, popularity, previous_visit, top_k_mask
+from distill.medication.baselines import (
+    choose_k,
+    label_frequency,
+    popularity,
+    previous_visit,
+    top_k_mask,
+)
 
 
 def test_label_frequency_is_the_share_of_samples_with_each_label():

@@ -1,5 +1,5 @@
-"""Tests for distill.evaluate: thresholds, summaries, DDI label pairs, patient folds, fold
-evaluation and the markdown report."""
+"""Tests for distill.medication.evaluate: thresholds, summaries, DDI label pairs, patient folds,
+fold evaluation and the markdown report."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from distill import evaluate as ev
 from distill.data import codes
 from distill.data.records import Visit
 from distill.data.samples import MedSample
 from distill.data.splits import split
+from distill.medication import evaluate as ev
 
 # --------------------------------------------------------------------------- thresholds
 

@@ -1,4 +1,5 @@
-"""Tests for export.onnx: the student as one ONNX file with symbolic batch/visit/code axes."""
+"""Tests for export.onnx and export.medication.graph: the student as one ONNX file with symbolic
+batch/visit/code axes."""
 
 from __future__ import annotations
 
@@ -12,18 +13,12 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from distill.data.tensors import INPUT_NAMES  # noqa: E402
-from distill.student import LeaderStudent, StudentConfig  # noqa: E402
+from contract.layout import INPUT_NAMES, OUTPUT_NAMES  # noqa: E402
+from distill.medication.student import LeaderStudent, StudentConfig  # noqa: E402
 from export import onnx as export_onnx  # noqa: E402
-from export.onnx import (  # noqa: E402
-    OPSET,
-    OUTPUT_NAMES,
-    ExportError,
-    check_graph,
-    example_inputs,
-    export_student,
-)
-from export.parity import check_torch_vs_onnx, run_onnx  # noqa: E402
+from export.medication.graph import check_graph, example_inputs, export_student  # noqa: E402
+from export.medication.parity import check_torch_vs_onnx, run_onnx  # noqa: E402
+from export.onnx import OPSET, ExportError  # noqa: E402
 
 TINY = StudentConfig(
     n_diagnoses=30,

@@ -1,4 +1,4 @@
-"""Tests for distill.losses: BCE, feature MSE, InfoNCE and their weighted sum."""
+"""Tests for distill.medication.losses: BCE, feature MSE, InfoNCE and their weighted sum."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from distill.losses import bce, distill_loss, feature_mse, info_nce
+from distill.medication.losses import bce, distill_loss, feature_mse, info_nce
 
 
 def _batch(seed: int = 0, b: int = 6, labels: int = 5, dim: int = 8, tdim: int = 12):

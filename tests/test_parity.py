@@ -1,5 +1,6 @@
-"""Tests for export.parity on a trained tiny student: passes when the graphs agree, fails with
-the numbers when they do not (a corrupted int8 model, a different model, a float graph)."""
+"""Tests for export.medication.parity on a trained tiny student: passes when the graphs agree,
+fails with the numbers when they do not (a corrupted int8 model, a different model, a float
+graph)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,18 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import numpy_helper  # noqa: E402
 
-from distill.data.tensors import INPUT_NAMES  # noqa: E402
-from distill.evaluate import choose_threshold  # noqa: E402
+from contract.layout import INPUT_NAMES  # noqa: E402
+from distill.medication.evaluate import choose_threshold  # noqa: E402
+from distill.medication.student import LeaderStudent, StudentConfig  # noqa: E402
 from distill.metrics import prauc  # noqa: E402
-from distill.student import LeaderStudent, StudentConfig  # noqa: E402
-from export.onnx import example_inputs, export_student  # noqa: E402
-from export.parity import (  # noqa: E402
-    ParityError,
+from export.medication.graph import example_inputs, export_student  # noqa: E402
+from export.medication.parity import (  # noqa: E402
     check_int8_vs_fp32,
-    check_integer_ops,
     check_torch_vs_onnx,
     parity_report,
     run_onnx,
-    top_k_overlap,
 )
+from export.parity import ParityError, check_integer_ops, top_k_overlap  # noqa: E402
 from export.quantize import quantize  # noqa: E402
 
 CFG = StudentConfig(

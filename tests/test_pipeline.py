@@ -1,6 +1,7 @@
 """The whole distill job on the embedded MIMIC-IV demo with a tiny Llama teacher built from a
 config (conftest.py; no download): data -> prompts -> teacher -> features -> students -> report.
-Plus `pocketrec distill` refusing a non-empty run folder."""
+Plus what the run keeps for its export, the export reading only the run, and `pocketrec distill`
+refusing a non-empty run folder."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from distill.config import DataConfig
+from contract.layout import TensorConfig
+from distill.backbone import TeacherConfig
 from distill.data import load_cohort
+from distill.data.config import DataConfig
 from distill.data.samples import build_samples
-from distill.data.tensors import MedVocabs, TensorConfig, encode_samples
-from distill.evaluate import METRICS, MODELS, fold_indices
+from distill.data.tensors import MedVocabs, encode_samples
+from distill.features import load_features
+from distill.medication.evaluate import METRICS, MODELS, ddi_label_pairs, fold_indices
+from distill.medication.export_inputs import read_bundle_inputs, read_heldout
+from distill.medication.run import RunConfig, quick_config, run_distill
+from distill.medication.student import LeaderStudent, load_student
+from distill.medication.train import DistillConfig, predict
 from distill.metrics import jaccard
-from distill.run import RunConfig, quick_config, run_distill
-from distill.student import LeaderStudent, load_student
-from distill.teacher import TeacherConfig, load_features
-from distill.train import DistillConfig, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 2
@@ -35,6 +39,7 @@ FOLD_FILES = (
     "student_kd.safetensors",
     "student_nokd.safetensors",
     "metrics.json",
+    "heldout.npz",
 )
 # epochs of a tiny model end within a second, which trips the Trainer's mtime heuristic
 pytestmark = pytest.mark.filterwarnings("ignore:mtime may not be reliable")
@@ -138,6 +143,63 @@ def test_students_load_back_and_score(run):
 
 
 @pytest.mark.slow
+def test_run_keeps_what_export_needs(run):
+    out, cfg, _ = run
+    d = cfg.data
+    cohort = load_cohort(d.source, None, None)
+    samples = build_samples(cohort, d.protocol)
+    vocabs = MedVocabs.load(out / "vocab")
+    arrays = encode_samples(samples, vocabs, cfg.tensors)
+    for fold in range(FOLDS):
+        _, va, te = fold_indices(samples, d.folds, fold, d.seed)
+        held = read_heldout(out / f"fold{fold}")
+        rows = np.concatenate([va, te])
+        assert held.n_validation == len(va)
+        assert held.sample_ids == [samples[i].sample_id for i in rows]
+        for name, value in held.arrays.items():
+            assert value.dtype == arrays[name].dtype
+            np.testing.assert_array_equal(value, arrays[name][rows])
+            np.testing.assert_array_equal(held.test[name], arrays[name][te])
+    inputs = read_bundle_inputs(out)
+    labels = json.loads((out / "labels.json").read_text())
+    assert [row["code"] for row in inputs.labels] == labels
+    assert inputs.ddi_label_pairs() == ddi_label_pairs(labels)
+    assert list(inputs.titles) == [*vocabs.diagnoses.tokens[2:], *vocabs.procedures.tokens[2:]]
+    assert all(inputs.titles[c] == cohort.titles[c] for c in inputs.titles if c in cohort.titles)
+
+
+@pytest.mark.slow
+def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import distill.data
+    from export.medication.run import export_json_path, export_run
+
+    out, _, returned = run
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def no_raw_data(*args, **kwargs):
+        raise AssertionError("export must not read the cohort")
+
+    monkeypatch.setattr(distill.data, "load_cohort", no_raw_data)
+    bundle = tmp_path / "bundle"
+    combined = export_run(out, bundle)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    results = json.loads(export_json_path(bundle).read_text())
+    assert export_json_path(bundle) == tmp_path / "bundle.export.json"
+    assert set(results["models"]) == {"student_int8"} and results["export"]["preset"] == "avx2"
+    report = json.loads(json.dumps(returned))
+    assert combined == {
+        **report,
+        "models": {**report["models"], **results["models"]},
+        "size_bytes": results["size_bytes"],
+        "export": results["export"],
+    }
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["metrics"] == combined["models"]
+    assert json.loads((bundle / "labels.json").read_text()) == read_bundle_inputs(out).labels
+
+
+@pytest.mark.slow
 def test_second_run_without_force_is_refused(run):
     out, cfg, _ = run
     before = (out / "report.json").stat().st_mtime_ns
@@ -167,7 +229,7 @@ def test_cli_refuses_a_non_empty_out_folder(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     done = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "distill", "--source", "mimic4-demo",
+        [sys.executable, "-m", "pocketrec.cli", "distill", "--source", "mimic4-demo",
          "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from distill.data import codes
 from distill.data.records import Visit
 from distill.data.samples import MedSample, build_samples
-from distill.prompts import (
+from distill.medication.prompts import (
     CLOSING,
     MORE,
     TEMPLATE_VERSION,

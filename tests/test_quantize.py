@@ -12,10 +12,12 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from distill.data.tensors import INPUT_NAMES  # noqa: E402
-from distill.student import LeaderStudent, StudentConfig  # noqa: E402
-from export.onnx import OPSET, example_inputs, export_student  # noqa: E402
-from export.parity import check_integer_ops, run_onnx  # noqa: E402
+from contract.layout import INPUT_NAMES  # noqa: E402
+from distill.medication.student import LeaderStudent, StudentConfig  # noqa: E402
+from export.medication.graph import example_inputs, export_student  # noqa: E402
+from export.medication.parity import run_onnx  # noqa: E402
+from export.onnx import OPSET  # noqa: E402
+from export.parity import check_integer_ops  # noqa: E402
 from export.quantize import (  # noqa: E402
     PRESETS,
     QuantizationPreset,

@@ -1,4 +1,5 @@
-"""Tests for distill.student: shapes, persistence, padding invariance, learning, ONNX export."""
+"""Tests for distill.medication.student: shapes, persistence, padding invariance, learning, ONNX
+export."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from distill.data.tensors import INPUT_NAMES
-from distill.student import (
+from contract.layout import INPUT_NAMES
+from distill.layers import Projector, count_parameters
+from distill.medication.student import (
     LeaderStudent,
-    Projector,
     StudentConfig,
-    count_parameters,
     load_student,
     save_student,
 )

@@ -17,21 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from distill.metrics import prauc
-from distill.teacher import (
-    TeacherConfig,
-    TeacherModel,
+from distill.backbone import TeacherConfig, pad_batch, pool_hidden, resolve_backbone
+from distill.features import (
     extract_features,
     extract_shard,
     load_features,
-    load_teacher,
-    pad_batch,
-    pool_hidden,
     pooled_features,
     predict_proba,
-    resolve_backbone,
-    train_teacher,
 )
+from distill.medication.teacher import TeacherModel, load_teacher, train_teacher
+from distill.metrics import prauc
 
 REPO = Path(__file__).resolve().parents[1]
 N_LABELS = 6
@@ -331,7 +326,7 @@ def test_torchrun_two_processes(tmp_path, llama_dir):
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     cmd = [
-        str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "distill.teacher",
+        str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "distill.medication.teacher",
         "--train", str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl"),
         "--out", str(out), "--n-labels", str(N_LABELS), "--backbone", llama_dir,
         "--epochs", "1", "--batch-size", "4", "--max-length", "64",
@@ -350,7 +345,7 @@ def test_torchrun_two_processes(tmp_path, llama_dir):
 
 
 def test_cli_rejects_out_of_range_labels(tmp_path, capsys):
-    from distill.teacher import main
+    from distill.medication.teacher import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "a", "text": "visit k0", "labels": [0, 9]}) + "\n")

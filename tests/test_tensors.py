@@ -7,17 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from contract.layout import INPUT_NAMES, TensorConfig, profile_tokens
 from distill.data import load_cohort
 from distill.data.records import Cohort, ReadReport, Visit
 from distill.data.samples import build_samples
-from distill.data.tensors import (
-    INPUT_NAMES,
-    MedVocabs,
-    TensorConfig,
-    encode_samples,
-    encode_visit,
-    profile_tokens,
-)
+from distill.data.tensors import MedVocabs, encode_samples, encode_visit
 
 PROFILE = (("gender", "F"), ("age_band", "60-69"))
 

@@ -1,5 +1,5 @@
-"""Tests for distill.train: student training with and without feature KD, early stopping, and
-DistillConfig validation. Tiny synthetic arrays in the layout of distill.data.tensors."""
+"""Tests for distill.medication.train: student training with and without feature KD, early
+stopping, and DistillConfig validation. Tiny synthetic arrays in the layout of contract.layout."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from distill.data.tensors import INPUT_NAMES
+from contract.layout import INPUT_NAMES
+from distill.layers import Projector
+from distill.medication.student import LeaderStudent, StudentConfig
+from distill.medication.train import DistillConfig, _label_ids, predict, train_student
 from distill.metrics import prauc
-from distill.student import LeaderStudent, Projector, StudentConfig
-from distill.train import DistillConfig, _label_ids, predict, train_student
 
 N_LABELS = 4
 TEACHER_DIM = 24

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contract.files import atomic_write_json
 from distill.data.mind import (
     NewsItem,
     format_behavior_line,
@@ -45,7 +46,6 @@ from distill.data.mind import (
 )
 from distill.data.records import Impression
 from distill.data.tables import DataError, find_table, read_table
-from distill.data.vocab import write_json_atomic
 
 NO_GENRES = "(no genres listed)"
 
@@ -233,7 +233,7 @@ def movielens_to_mind(
         "impressions": len(impressions),
         **{k: int(v) for k, v in sorted(counts.items())},
     }
-    write_json_atomic(out_folder / "conversion.json", report)
+    atomic_write_json(out_folder / "conversion.json", report)
     licence = src_folder / "README.txt"  # the GroupLens licence goes with transformations too
     if licence.is_file():
         shutil.copyfile(licence, out_folder / "README.txt")

@@ -7,12 +7,12 @@ data gives the same ids. Encoding an unknown token gives `<unk>` and is counted,
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from contract.files import atomic_write_json
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -72,22 +72,8 @@ class Vocab:
         return cls(tuple(sorted(data, key=data.__getitem__)))
 
     def save(self, path: Path) -> None:
-        write_json_atomic(Path(path), self.to_json())
+        atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

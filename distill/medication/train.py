@@ -7,7 +7,6 @@ epoch's weights are the ones returned.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from distill.data.tensors import INPUT_NAMES
-from distill.losses import distill_loss
+from contract.layout import INPUT_NAMES
+from distill.layers import Projector
+from distill.medication.losses import distill_loss
+from distill.medication.student import LeaderStudent, StudentConfig
 from distill.metrics import prauc
-from distill.student import LeaderStudent, Projector, StudentConfig
 
 FeatureSource = Callable[[np.ndarray], np.ndarray]  # sample indices -> teacher features [n, d]
 
@@ -173,7 +173,3 @@ def _label_ids(y: torch.Tensor) -> torch.Tensor:
         nz = torch.nonzero(row, as_tuple=False).flatten() + 2
         ids[i, : len(nz)] = nz
     return ids
-
-
-def save_history(result: TrainResult, path) -> None:
-    path.write_text(json.dumps(result.history, indent=1))

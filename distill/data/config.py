@@ -1,6 +1,7 @@
 """Run configuration of the data stage; the other stages keep theirs beside their code
-(TeacherConfig in teacher.py, StudentConfig in student.py, DistillConfig in train.py,
-TensorConfig in data/tensors.py). Every config is a frozen dataclass saved as JSON with its run.
+(TeacherConfig in distill/backbone.py, StudentConfig in distill/medication/student.py,
+DistillConfig in distill/medication/train.py, TensorConfig in contract/layout.py). Every config
+is a frozen dataclass saved as JSON with its run.
 """
 
 from __future__ import annotations

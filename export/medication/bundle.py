@@ -13,47 +13,27 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-BUNDLE_FORMAT = "pocketrec-bundle/1"
-MODEL_FILE = "model.int8.onnx"
-WEIGHTS_FILE = "weights.npz"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def install_dir(tmp: Path, out_dir: Path) -> None:
-    """Put the finished folder `tmp` (a sibling of `out_dir`) in place of `out_dir`: renames
-    only, so a reader sees the old bundle or the new one, never a mix."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+from contract.bundle import (
+    BUNDLE_FORMAT,
+    CARD_FILE,
+    DDI_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TITLES_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+)
+from contract.files import json_text, sha256_file, staging_dir
 
 
 def write_json(path: Path, obj, compact: bool = True) -> None:
     # compact: the bundle is sized for devices; the manifest stays readable
-    text = (
-        json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-        if compact
-        else json.dumps(obj, indent=1, ensure_ascii=False)
-    )
-    path.write_text(text + "\n", encoding="utf-8")
+    path.write_text(json_text(obj, compact=compact), encoding="utf-8")
 
 
 def model_card(manifest: dict, labels: list[dict]) -> str:
@@ -136,17 +116,13 @@ def write_bundle(
 ) -> Path:
     """Write a complete bundle to `out_dir` (replacing it only with `force`)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} is not empty; pass --force to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir, force=force) as tmp:
         shutil.copyfile(int8_model, tmp / MODEL_FILE)
         shutil.copyfile(weights, tmp / WEIGHTS_FILE)
-        write_json(tmp / "vocab.json", vocab)
-        write_json(tmp / "labels.json", labels)
-        write_json(tmp / "ddi.json", ddi)
-        (tmp / "titles.json.gz").write_bytes(
+        write_json(tmp / VOCAB_FILE, vocab)
+        write_json(tmp / LABELS_FILE, labels)
+        write_json(tmp / DDI_FILE, ddi)
+        (tmp / TITLES_FILE).write_bytes(
             gzip.compress(json.dumps(titles, separators=(",", ":")).encode("utf-8"), mtime=0)
         )
         manifest = {
@@ -166,13 +142,9 @@ def write_bundle(
             "data": data,
             "parity": parity,
         }
-        (tmp / "card.md").write_text(model_card(manifest, labels), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(manifest, labels), encoding="utf-8")
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest["files"] = {f: sha256_file(tmp / f) for f in files}
-        manifest["vocab_sha256"] = manifest["files"]["vocab.json"]
-        write_json(tmp / "manifest.json", manifest, compact=False)
-        install_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        manifest["vocab_sha256"] = manifest["files"][VOCAB_FILE]
+        write_json(tmp / MANIFEST_FILE, manifest, compact=False)
     return out_dir

@@ -8,19 +8,15 @@ on the validation patients; the test patients are read only for the report.
 
 from __future__ import annotations
 
-import platform
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from distill import baselines
+from contract.files import atomic_write_json, atomic_write_text
 from distill.data import codes
 from distill.data.samples import MedSample
 from distill.data.splits import split
-from distill.data.vocab import write_json_atomic
+from distill.medication import baselines
 from distill.metrics import avg_drugs, ddi_rate, f1, jaccard, prauc
 
 METRICS = ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")
@@ -78,25 +74,6 @@ def previous_multi_hot(
                 if m in index:
                     prev[i, index[m]] = 1.0
     return prev, has
-
-
-class StageClock:
-    """Wall seconds per named stage, summed over folds."""
-
-    def __init__(self) -> None:
-        self.seconds: Counter = Counter()
-
-    def __call__(self, name: str):
-        clock = self
-
-        class _Timer:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                clock.seconds[name] += time.perf_counter() - self.t0
-
-        return _Timer()
 
 
 def fold_indices(samples: list[MedSample], k: int, fold: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -189,18 +166,5 @@ def report_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out_dir: Path) -> None:
-    write_json_atomic(out_dir / "report.json", report)
-    tmp = out_dir / ".report.md.tmp"
-    tmp.write_text(report_markdown(report), encoding="utf-8")
-    tmp.replace(out_dir / "report.md")
-
-
-def environment() -> dict:
-    import torch
-
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", report_markdown(report))

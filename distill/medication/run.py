@@ -1,15 +1,16 @@
-"""The distill job: data -> prompts -> teacher -> features -> students -> evaluation.
+"""The medication distill job: data -> prompts -> teacher -> features -> students -> evaluation.
 
 `run_distill` is what `pocketrec distill` calls. Everything it writes goes under `out/`:
-config.json, vocab/, labels.json, fold<k>/ (teacher, features, students, metrics), report.json and
-report.md. Heavy libraries are imported here, never by the CLI module itself.
+config.json, vocab/, labels.json, prompts.jsonl, bundle_inputs/ (labels, DDI pairs, titles),
+fold<k>/ (teacher, features, students, metrics, heldout.npz), report.json and report.md: all
+that `export.medication.run` needs (see `distill.medication.export_inputs`). Heavy libraries
+are imported here, never by the CLI module itself.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -17,16 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
-from distill import evaluate as ev
-from distill.config import DataConfig
+from contract.files import atomic_write_json, atomic_write_text
+from contract.layout import TensorConfig
+from distill import features
+from distill.backbone import TeacherConfig, load_tokenizer
 from distill.data import load_cohort
+from distill.data.config import DataConfig
 from distill.data.samples import build_samples
-from distill.data.tensors import MedVocabs, TensorConfig, encode_samples
-from distill.data.vocab import write_json_atomic
-from distill.prompts import build_prompt, prompt_hash, tokenizer_counter
-from distill.student import StudentConfig, count_parameters, save_student
-from distill.teacher import TeacherConfig
-from distill.train import DistillConfig, predict, train_student
+from distill.data.tensors import MedVocabs, encode_samples
+from distill.layers import count_parameters
+from distill.medication import evaluate as ev
+from distill.medication import teacher as tch
+from distill.medication.export_inputs import write_bundle_inputs, write_heldout
+from distill.medication.prompts import build_prompt, prompt_hash, tokenizer_counter
+from distill.medication.student import StudentConfig, save_student
+from distill.medication.train import DistillConfig, predict, train_student
+from distill.runs import StageClock, environment, prepare_out, write_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,30 +75,16 @@ def quick_config(cfg: RunConfig) -> RunConfig:
     )
 
 
-def _log(msg: str) -> None:
-    print(f"[pocketrec] {msg}", file=sys.stderr, flush=True)
-
-
-def prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} is not empty; pass --force to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _subset(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[idx] for k, v in arrays.items()}
 
 
 def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
-    from distill import teacher as tch
-
     t_start = time.perf_counter()
-    clock = ev.StageClock()
+    clock = StageClock()
     out = Path(out)
     prepare_out(out, force)
-    write_json_atomic(out / "config.json", cfg.to_dict())
+    write_config(out, cfg.to_dict())
 
     with clock("data"):
         d = cfg.data
@@ -102,19 +97,20 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         vocabs = MedVocabs.build(cohort.visits)
         vocabs.save(out / "vocab")
         labels = list(vocabs.labels)
-        write_json_atomic(out / "labels.json", labels)
+        atomic_write_json(out / "labels.json", labels)
+        write_bundle_inputs(out, vocabs, cohort.titles)
         unknown: Counter = Counter()
         arrays = encode_samples(samples, vocabs, cfg.tensors, unknown)
         y = arrays["y"]
         ddi = ev.ddi_label_pairs(labels)
         prev, has_prev = ev.previous_multi_hot(samples, labels)
-    _log(
+    log.info(
         f"data: {len(samples)} samples ({d.protocol}) from {len(cohort.visits)} visits, "
         f"{len(labels)} drug classes, {d.folds} folds"
     )
 
     with clock("prompts"):
-        tokenizer = tch.load_tokenizer(cfg.teacher)
+        tokenizer = load_tokenizer(cfg.teacher)
         count = tokenizer_counter(tokenizer)
         texts = [
             build_prompt(
@@ -128,15 +124,15 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         ]
         shown = sum(t.count("\nVisit ") for t in texts)
         phash = prompt_hash(texts)
-        (out / "prompts.jsonl").write_text(
+        atomic_write_text(
+            out / "prompts.jsonl",
             "".join(
                 json.dumps({"id": s.sample_id, "text": t}) + "\n"
                 for s, t in zip(samples, texts, strict=True)
             ),
-            encoding="utf-8",
         )
     sample_ids = [s.sample_id for s in samples]
-    _log(
+    log.info(
         f"prompts: {len(texts)} within {cfg.teacher.max_length} tokens; "
         f"{shown} of {sum(min(len(s.history), 3) for s in samples)} past visits shown"
     )
@@ -147,7 +143,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         fdir.mkdir()
         idx = ev.fold_indices(samples, d.folds, fold, d.seed)
         tr, va, te = idx
-        _log(
+        log.info(
             f"fold {fold + 1}/{d.folds}: {len(tr)} train, {len(va)} validation, "
             f"{len(te)} test samples"
         )
@@ -163,7 +159,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
                 n_labels=len(labels),
             )
         with clock("teacher_features"):
-            fpath = tch.extract_features(
+            fpath = features.extract_features(
                 model,
                 tokenizer,
                 texts,
@@ -171,7 +167,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
                 fdir / "features.safetensors",
                 meta={"prompt_hash": phash, "backbone": cfg.teacher.backbone},
             )
-            feats, probs, _ = tch.load_features(fpath)
+            feats, probs, _ = features.load_features(fpath)
         params["teacher"] = sum(p.numel() for p in model.parameters())
 
         scfg = StudentConfig.from_vocabs(
@@ -186,7 +182,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             train_texts = [texts[i] for i in tr]
 
             def teacher_source(i, m=model, tok=tokenizer, t=train_texts):
-                return tch.pooled_features(m, tok, [t[j] for j in i])
+                return features.pooled_features(m, tok, [t[j] for j in i])
         else:
             teacher_source = lambda i, f=feats[tr]: f[i]  # noqa: E731
         with clock("student_kd"):
@@ -208,7 +204,8 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             "student_kd_best_epoch": kd.best_epoch,
             "student_nokd_best_epoch": nokd.best_epoch,
         }
-        write_json_atomic(
+        write_heldout(fdir, arrays, va, te, sample_ids)
+        atomic_write_json(
             fdir / "metrics.json",
             {
                 "test": metrics,
@@ -219,7 +216,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         )
         per_fold.append(metrics)
         chosen_all.append(chosen)
-        _log(
+        log.info(
             f"fold {fold + 1}: jaccard "
             + ", ".join(f"{m} {metrics[m]['jaccard']:.3f}" for m in ev.MODELS)
         )
@@ -245,7 +242,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             "wall_s": {k: round(v, 1) for k, v in clock.seconds.items()}
             | {"total": round(time.perf_counter() - t_start, 1)},
             "config": cfg.to_dict(),
-            "environment": ev.environment(),
+            "environment": environment(),
         },
     )
     ev.write_report(report, out)

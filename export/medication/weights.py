@@ -7,14 +7,13 @@ in the state dict; the runtime rebuilds them from the config.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distill.student import LeaderStudent, StudentConfig
+from contract.files import atomic_path
+from distill.medication.student import LeaderStudent, StudentConfig
 
 
 def numpy_state(model: LeaderStudent) -> dict[str, np.ndarray]:
@@ -46,13 +45,7 @@ def save_numpy_weights(
     arrays = {k: v.astype(dtype) for k, v in numpy_state(model).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # a file object, not a name: np.savez would append ".npz" to a name
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        np.savez_compressed(f, **arrays)
     return path

@@ -1,6 +1,6 @@
 """The LEADER(S)-style student: a small visit-sequence model over code ids, in one file.
 
-Inputs (see `distill.data.tensors`; B = batch, V = visit slots, right-aligned, current at V-1):
+Inputs (see `contract.layout`; B = batch, V = visit slots, right-aligned, current at V-1):
 
     dx [B, V, Cd], px [B, V, Cp], med [B, V, Cm]   int64 code ids, 0 = pad
     visit_mask [B, V]                              float, 1.0 where a visit exists
@@ -19,7 +19,7 @@ Model:
    so the graph exports to ONNX with plain ops (no TransformerEncoder fast path, no EmbeddingBag,
    no boolean indexing, no data-dependent Python control flow);
 5. features = Linear(concat(current visit output, profile token output)) -> `dim`: the vector
-   distilled towards the teacher (through `Projector`); logits = MLP head(features).
+   distilled towards the teacher (through `distill.layers.Projector`); logits = MLP head(features).
 
 `profile_embedding` and `medication_set_embedding` give the two sides of LEADER's profile
 alignment (an InfoNCE loss defined elsewhere).
@@ -28,9 +28,6 @@ alignment (an InfoNCE loss defined elsewhere).
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -38,8 +35,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
+from contract.files import atomic_path
+from distill.layers import MASK_VALUE, SelfAttention
+
 FORMAT = "pocketrec-leader-student/1"
-MASK_VALUE = -1e4
 
 
 @dataclass(frozen=True)
@@ -107,31 +106,6 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     total = (x * mask.unsqueeze(-1)).sum(dim=-2)
     count = mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
     return total / count
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        """x [B, T, D]; bias [B, 1, 1, T] additive (0 keep, -1e4 masked)."""
-        b, t, d = x.shape
-        hd = d // self.heads
-
-        def split(z: Tensor) -> Tensor:  # [B, T, D] -> [B, H, T, hd]
-            return z.reshape(b, t, self.heads, hd).transpose(1, 2)
-
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(hd)) + bias
-        weights = self.drop(torch.softmax(scores, dim=-1))
-        y = torch.matmul(weights, v).transpose(1, 2).reshape(b, t, d)
-        return self.out(y)
 
 
 class Block(nn.Module):
@@ -240,26 +214,6 @@ class LeaderStudent(nn.Module):
         return self.repeat_last * hist[:, -1] + self.repeat_mean * hist.sum(dim=1) / n_hist
 
 
-class Projector(nn.Module):
-    """Student features [.., dim] -> the teacher's hidden size (Linear, or a 2-layer MLP)."""
-
-    def __init__(self, dim: int, teacher_dim: int, mlp: bool = False) -> None:
-        super().__init__()
-        if mlp:
-            self.net = nn.Sequential(
-                nn.Linear(dim, teacher_dim), nn.GELU(), nn.Linear(teacher_dim, teacher_dim)
-            )
-        else:
-            self.net = nn.Linear(dim, teacher_dim)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.net(features)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def save_student(model: LeaderStudent, config: StudentConfig, path: Path) -> None:
     """One safetensors file: the state dict, with the config as JSON in its metadata."""
     from safetensors.torch import save_file
@@ -268,14 +222,8 @@ def save_student(model: LeaderStudent, config: StudentConfig, path: Path) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(config.to_dict(), sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_student(path: Path) -> tuple[LeaderStudent, StudentConfig]:

@@ -5,7 +5,7 @@
          + alpha * MSE(user projector(student user vector), teacher user vector)
          [+ T^2 * KL(softmax(teacher scores / T) || softmax(student scores / T))  if temperature]
 
-Teacher vectors come from `distill.news_teacher.cache_teacher_vectors` and are z-scored per
+Teacher vectors come from `distill.news.vectors.cache_teacher_vectors` and are z-scored per
 dimension with training statistics (item statistics over the catalog, user statistics over the
 training impressions) before the MSE; the score KD uses them raw (teacher user . teacher item).
 The item KD covers every catalog item a batch touches (candidates and history). Early stopping
@@ -15,8 +15,8 @@ the no-KD student.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,20 +27,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 
-from distill.data.vocab import Vocab
-from distill.news_student import NewsStudent, NewsStudentConfig, Tokenize, encode_texts, score
-from distill.news_teacher import (
-    ItemIndex,
-    click_examples,
-    history_rows,
-    impression_scores,
-    item_text,
-    validation_auc,
-)
-from distill.student import Projector
+from distill.layers import Projector
+from distill.news.evaluate import validation_auc
+from distill.news.pieces import NewsCorpus
+from distill.news.samples import click_examples, history_rows, impression_scores
+from distill.news.student import NewsStudent, NewsStudentConfig, score
 
 __all__ = [
-    "NewsCorpus",
     "NewsDistillConfig",
     "NewsTrainResult",
     "TeacherTargets",
@@ -51,9 +44,7 @@ __all__ = [
 
 Log = Callable[[str], None]
 
-
-def _stderr(msg: str) -> None:
-    print(f"[pocketrec] {msg}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,30 +100,6 @@ class NewsDistillConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class NewsCorpus:
-    """The catalog as student input: `ItemIndex` rows and their piece ids ``[n + 1, T]``
-    (row 0 = padding, all zeros)."""
-
-    index: ItemIndex
-    tokens: np.ndarray
-
-    @classmethod
-    def build(
-        cls,
-        items: dict[str, Any],
-        item_ids: Sequence[str],
-        tokenize: Tokenize,
-        vocab: Vocab,
-        max_tokens: int,
-    ) -> NewsCorpus:
-        index = ItemIndex(item_ids)
-        texts = [item_text(items[i]) for i in index.ids]
-        body = encode_texts(texts, tokenize, vocab, max_tokens)
-        tokens = np.concatenate([np.zeros((1, max_tokens), dtype=np.int64), body])
-        return cls(index, tokens)
 
 
 @dataclass
@@ -205,7 +172,7 @@ def train_news_student(
     student_cfg: NewsStudentConfig,
     cfg: NewsDistillConfig,
     teacher: TeacherTargets | None = None,
-    log: Log | None = _stderr,
+    log: Log | None = logger.info,
     name: str = "student",
     threads: int | None = 1,
 ) -> NewsTrainResult:

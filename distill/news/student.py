@@ -10,88 +10,38 @@ Item encoder (after NRMS, Wu et al. 2019): piece embedding -> one multi-head sel
 layer (residual + LayerNorm) -> additive attention pooling over the real pieces. User encoder:
 a learned "start" vector is put in front of the history (so an empty history still gives a
 user vector), then one self-attention layer over the item vectors and additive attention
-pooling. Attention is the hand-written `distill.student.SelfAttention` with an additive -1e4
+pooling. Attention is the hand-written `distill.layers.SelfAttention` with an additive -1e4
 key mask: plain MatMul/Softmax ops that export with symbolic axes, no fused fast path, and pads
 never reach a real position, so extra padding (of pieces or of history slots) changes nothing.
 
-The vocabulary is the teacher tokenizer's word pieces that occur in the catalog, remapped to
-compact ids (`<pad>`=0, `<unk>`=1, then by falling frequency), saved as JSON by
-`save_piece_vocab`.
+The piece vocabulary and the catalog as piece ids are in `distill.news.pieces`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.data.vocab import PAD_ID, Vocab, write_json_atomic
-from distill.student import MASK_VALUE, SelfAttention
+from contract.files import atomic_path
+from distill.data.vocab import PAD_ID
+from distill.layers import AdditivePool, SelfAttention, key_bias
 
 __all__ = [
-    "AdditivePool",
+    "FORMAT",
     "ItemEncoder",
     "NewsStudent",
     "NewsStudentConfig",
     "UserEncoder",
-    "build_piece_vocab",
-    "count_parameters",
-    "encode_texts",
     "load_news_student",
-    "load_piece_vocab",
     "save_news_student",
-    "save_piece_vocab",
+    "score",
 ]
 
 FORMAT = "pocketrec-news-student/1"
-VOCAB_FORMAT = "pocketrec-news-vocab/1"
-
-Tokenize = Callable[[str], Sequence[str]]
-
-
-# --------------------------------------------------------------------------- vocabulary
-
-
-def build_piece_vocab(texts: Iterable[str], tokenize: Tokenize, min_count: int = 1) -> Vocab:
-    """The pieces `tokenize` (e.g. a Hugging Face tokenizer's ``tokenize``) makes of `texts`,
-    as a compact `Vocab` (``<pad>``=0, ``<unk>``=1, then by falling frequency, then A-Z)."""
-    return Vocab.build((p for t in texts for p in tokenize(t)), min_count=min_count)
-
-
-def encode_texts(
-    texts: Sequence[str], tokenize: Tokenize, vocab: Vocab, max_tokens: int
-) -> np.ndarray:
-    """``[len(texts), max_tokens]`` int64 piece ids, right-padded with 0 and cut at
-    `max_tokens`; a piece missing from `vocab` becomes ``<unk>``."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    out = np.full((len(texts), max_tokens), PAD_ID, dtype=np.int64)
-    for i, text in enumerate(texts):
-        ids = vocab.encode(tokenize(text))[:max_tokens]
-        out[i, : len(ids)] = ids
-    return out
-
-
-def save_piece_vocab(vocab: Vocab, path: str | Path, **meta: Any) -> None:
-    """JSON ``{"format", "pieces": {piece: id}, **meta}`` (meta: e.g. the tokenizer's name)."""
-    write_json_atomic(Path(path), {"format": VOCAB_FORMAT, **meta, "pieces": vocab.to_json()})
-
-
-def load_piece_vocab(path: str | Path) -> tuple[Vocab, dict[str, Any]]:
-    """(vocabulary, the other keys of the file) from `save_piece_vocab`'s JSON."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if data.get("format") != VOCAB_FORMAT:
-        raise ValueError(f"{path}: not a {VOCAB_FORMAT} file (format={data.get('format')!r})")
-    meta = {k: v for k, v in data.items() if k not in ("format", "pieces")}
-    return Vocab.from_json(data["pieces"], str(path)), meta
 
 
 # --------------------------------------------------------------------------- config
@@ -136,26 +86,6 @@ class NewsStudentConfig:
 
 
 # --------------------------------------------------------------------------- layers
-
-
-def key_bias(mask: Tensor) -> Tensor:
-    """Float keep-mask [B, T] (1 keep, 0 pad) -> additive attention bias [B, 1, 1, T]."""
-    return ((1.0 - mask) * MASK_VALUE)[:, None, None, :]
-
-
-class AdditivePool(nn.Module):
-    """Additive attention pooling: weights softmax(q . tanh(W x + b)) over the kept positions."""
-
-    def __init__(self, dim: int, attention_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(dim, attention_dim)
-        self.query = nn.Linear(attention_dim, 1, bias=False)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x [B, T, D], mask [B, T] float (1 keep) -> [B, D]."""
-        scores = self.query(torch.tanh(self.proj(x))).squeeze(-1) + (1.0 - mask) * MASK_VALUE
-        weights = torch.softmax(scores, dim=-1)
-        return torch.matmul(weights.unsqueeze(1), x).squeeze(1)
 
 
 class _AttentionLayer(nn.Module):
@@ -231,10 +161,6 @@ def score(user: Tensor, items: Tensor) -> Tensor:
     return torch.matmul(items, user.unsqueeze(-1)).squeeze(-1)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -246,14 +172,8 @@ def save_news_student(model: NewsStudent, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict(), sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_news_student(path: str | Path) -> NewsStudent:
