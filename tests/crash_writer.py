@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.history import History  # noqa: E402
+from app.storage.database import History  # noqa: E402
 
 CHOICES = ("accepted", "rejected", "added")
 

@@ -10,7 +10,7 @@ go to the app's own 127.0.0.1 server is aborted, so the app is shown to work off
 
 Uses Debian's Chromium at /usr/bin/chromium (no `playwright install`): without it the test is
 skipped, or fails when POCKETREC_REQUIRE_BROWSER=1. Screenshots go to test-artifacts/. The server,
-Chromium and the page helpers come from bench/flet_driver.py, shared with the benchmarks.
+Chromium and the page helpers come from bench/harness/, shared with the benchmarks.
 """
 
 from __future__ import annotations
@@ -24,31 +24,29 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime import Recommender, load_bundle
-from bench.flet_driver import (
+from app.medication.bundle import load_bundle
+from app.medication.recommender import Recommender
+from bench.harness.browser import (
     ALL_IDS_JS,
     LOAD_TIMEOUT_MS,
     STEP_TIMEOUT_MS,
     TEXT_JS,
     VIEWPORT,
-    AppServer,
-    SetupError,
     chromium_missing,
     click,
-    diagnosis_codes,
-    diagnosis_index,
     enable_semantics,
     is_app_request,
     launch_chromium,
     sel,
     settle,
-    sound_bundle,
     text_of,
     type_into,
-    typeahead_query,
     wait_for,
     wait_text,
 )
+from bench.harness.bundles import diagnosis_codes, diagnosis_index, sound_bundle, typeahead_query
+from bench.harness.errors import SetupError
+from bench.harness.server import AppServer
 
 pytestmark = pytest.mark.browser
 

@@ -121,7 +121,7 @@ def test_sigkill_never_loses_or_splits_a_visit(tmp_path):
 
     # the database opens normally afterwards (WAL recovery) and shows the reported visits
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from app.history import History
+    from app.storage.database import History
 
     with History(db_path) as history:
         patients = history.search_patients("crash patient")

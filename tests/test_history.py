@@ -1,4 +1,4 @@
-"""app.history on real SQLite files in tmp_path: patients, visits (one transaction each),
+"""app.storage on real SQLite files in tmp_path: patients, visits (one transaction each),
 timeline and model history, export, backup/restore, file modes, and the errors a clinic sees."""
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import app.history as history_module
-from app.history import History, HistoryError, default_db_path, restore
+import app.storage.records as records_module
+from app.storage.database import History, restore
+from app.storage.errors import HistoryError
+from app.storage.paths import default_db_path
 
 SUGGESTIONS = [
     {"code": "N02B", "probability": 0.91, "suggested": True},
@@ -78,7 +80,7 @@ def test_connection_is_wal_full_sync_with_foreign_keys(hist):
     assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
     assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
     names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
-    assert names == ["m001_initial", "m002_news"]
+    assert names == ["m001_initial", "m002_news", "m003_item_vectors"]
 
 
 def test_reopening_does_not_migrate_again(db_path):
@@ -259,7 +261,7 @@ def test_failure_after_the_visit_insert_leaves_no_partial_visit(hist, monkeypatc
 
 def test_check_constraint_violation_mid_visit_rolls_everything_back(hist, monkeypatch):
     pid = hist.add_patient("Ana")
-    monkeypatch.setattr(history_module, "_check_decisions", lambda decisions: None)
+    monkeypatch.setattr(records_module, "_check_decisions", lambda decisions: None)
     with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
         save(hist, pid, decisions={"N02B": "accepted", "A02B": "maybe"})
     assert not hist.db.conn.in_transaction
@@ -359,7 +361,7 @@ def test_export_patient_writes_only_that_patient(hist, tmp_path):
     document = json.loads((out / "pocketrec.json").read_text(encoding="utf-8"))
     assert document["format"] == "pocketrec-export/1"
     assert document["scope"] == "patient" and document["patient_id"] == ana
-    assert document["migrations"] == ["m001_initial", "m002_news"]
+    assert document["migrations"] == ["m001_initial", "m002_news", "m003_item_vectors"]
     assert [p["id"] for p in document["tables"]["patients"]] == [ana]
     assert document["tables"]["visits"][0]["diagnoses"] == ["I10", "E11"]  # decoded JSON
     assert len(document["tables"]["suggestions"]) == 3

@@ -1,4 +1,4 @@
-"""A full disk under app.history: a clear HistoryError naming the file, the visit (or backup, or
+"""A full disk under app.storage: a clear HistoryError naming the file, the visit (or backup, or
 export) not written at all, every visit committed before still whole, and the same History
 saving again once space is freed.
 
@@ -27,9 +27,10 @@ from pathlib import Path
 import pytest
 from disk_full_writer import as_read, big_visit, new_visit, sound
 
-import app.history as history_module
-import app.migrations as migrations_module
-from app.history import History, HistoryError
+import app.storage.database as history_module
+import app.storage.migrations as migrations_module
+from app.storage.database import History
+from app.storage.errors import HistoryError
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("disk_full_writer.py")
@@ -99,7 +100,7 @@ def test_full_database_refuses_the_whole_visit_and_saves_again_after(tmp_path):
 
 
 def test_full_database_while_creating_or_migrating_it(tmp_path, monkeypatch):
-    connect = history_module._connect
+    connect = history_module.connect
 
     def connect_with_no_room(path, busy_timeout):
         conn = connect(path, busy_timeout)
@@ -108,12 +109,12 @@ def test_full_database_while_creating_or_migrating_it(tmp_path, monkeypatch):
 
     # a new database: its first migration needs pages
     db = tmp_path / "new.db"
-    monkeypatch.setattr(history_module, "_connect", connect_with_no_room)
+    monkeypatch.setattr(history_module, "connect", connect_with_no_room)
     with pytest.raises(HistoryError) as info:
         History(db)
     assert_full_message(str(info.value), db, "it could not be opened or set up")
     assert str(info.value).endswith("free some space and open it again")
-    monkeypatch.setattr(history_module, "_connect", connect)
+    monkeypatch.setattr(history_module, "connect", connect)
     with History(db) as history:
         patient = history.add_patient("Ada")
         visit = new_visit(random.Random(3))
@@ -129,7 +130,7 @@ def test_full_database_while_creating_or_migrating_it(tmp_path, monkeypatch):
     monkeypatch.setattr(
         migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, m999_needs_room]
     )
-    monkeypatch.setattr(history_module, "_connect", connect_with_no_room)
+    monkeypatch.setattr(history_module, "connect", connect_with_no_room)
     with pytest.raises(HistoryError) as info:
         History(db)
     assert_full_message(str(info.value), db, "it could not be opened or set up")
@@ -141,7 +142,7 @@ def test_full_database_while_creating_or_migrating_it(tmp_path, monkeypatch):
         conn.close()
     assert "filler" not in tables and "m999_needs_room" not in recorded
     assert sound(db) == {"integrity": "ok", "fk_violations": 0, "visits": 1, "partial": 0}
-    monkeypatch.setattr(history_module, "_connect", connect)
+    monkeypatch.setattr(history_module, "connect", connect)
     with History(db) as history:  # room again: the migration runs, the visit is intact
         assert "filler" in history.db.table_names()
         assert [as_read(v) for v in history.timeline(patient)] == [visit]
@@ -222,7 +223,9 @@ def test_save_visit_on_a_really_full_disk(tmp_path):
 
 
 def test_open_on_a_really_full_disk(tmp_path):
-    report = on_tiny_disk(tmp_path, "open", size="256k")
+    # room for the clean close's checkpoint (WAL into the database file, then both removed),
+    # so that the reopen on a full disk has to allocate a new -shm file
+    report = on_tiny_disk(tmp_path, "open", size="512k")
     db = Path(report["db"])
     for key in ("create_error", "reopen_full"):
         assert report[key]["type"] == "HistoryError", (key, report[key])

@@ -18,7 +18,7 @@ pytest.importorskip("flet")
 pytest.importorskip("flet_web")
 pytest.importorskip("websockets")
 
-from bench.flet_driver import sound_bundle  # noqa: E402
+from bench.harness.bundles import sound_bundle  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

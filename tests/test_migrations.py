@@ -1,4 +1,4 @@
-"""app.migrations on real SQLite files: the schema a blank database gets, idempotence, the
+"""app.storage.migrations on real SQLite files: the schema a blank database gets, idempotence, the
 _migrations record, constraints, the append-only audit, and a failing migration rolling back."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from datetime import datetime
 import pytest
 import sqlite_utils
 
-from app import migrations
-from app.migrations import MIGRATIONS_TABLE, applied_migrations, migrate, migration
+from app.storage import migrations
+from app.storage.migrations import MIGRATIONS_TABLE, applied_migrations, migrate, migration
 
 # table -> [(column, declared type, NOT NULL, primary key position)]
 EXPECTED_COLUMNS = {
@@ -70,6 +70,15 @@ EXPECTED_COLUMNS = {
         ("source", "TEXT", 1, 0),
         ("imported", "TEXT", 1, 0),
     ],
+    "item_vectors": [
+        ("item_id", "TEXT", 0, 1),
+        ("bundle_sha", "TEXT", 1, 0),
+        ("text_sha", "TEXT", 1, 0),
+        ("title", "TEXT", 1, 0),
+        ("category", "TEXT", 1, 0),
+        ("added", "INTEGER", 1, 0),
+        ("vec", "BLOB", 1, 0),
+    ],
 }
 # explicit (non-automatic) indexes: name -> (table, columns, unique)
 EXPECTED_INDEXES = {
@@ -123,7 +132,7 @@ def master_rows(db: sqlite_utils.Database) -> list[tuple]:
 
 def test_blank_database_gets_the_expected_schema(db):
     assert db.table_names() == []
-    assert migrate(db) == ["m001_initial", "m002_news"]
+    assert migrate(db) == ["m001_initial", "m002_news", "m003_item_vectors"]
     schema = schema_of(db)
     assert schema["tables"] == EXPECTED_COLUMNS
     assert schema["indexes"] == EXPECTED_INDEXES
@@ -208,7 +217,7 @@ def test_a_database_of_the_first_release_is_upgraded_in_place(db, monkeypatch):
         m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
         assert migrate(db) == ["m001_initial"]
     db.execute("INSERT INTO patients (id, display_name, created) VALUES ('p1', 'Ann', 't')")
-    assert migrate(db) == ["m002_news"]
+    assert migrate(db) == ["m002_news", "m003_item_vectors"]
     assert schema_of(db)["tables"] == EXPECTED_COLUMNS
     assert db.execute("SELECT display_name FROM patients").fetchall() == [("Ann",)]
 
@@ -219,27 +228,50 @@ def test_failing_migration_rolls_back_and_stays_pending(db, monkeypatch):
     calls = []
 
     @migration
-    def m003_flaky(database):
+    def m004_flaky(database):
         database.execute("CREATE TABLE half_done (x INTEGER)")
         database.execute("INSERT INTO half_done VALUES (1)")
         if not calls:
             calls.append(1)
             raise RuntimeError("boom")
 
-    assert registry[-1] is m003_flaky
+    assert registry[-1] is m004_flaky
     with pytest.raises(RuntimeError, match="boom"):
         migrate(db)
-    assert [row["name"] for row in applied_migrations(db)] == ["m001_initial", "m002_news"]
-    assert "half_done" not in db.table_names()
-    assert "patients" in db.table_names()
-    assert not db.conn.in_transaction
-    assert migrate(db) == ["m003_flaky"]
     assert [row["name"] for row in applied_migrations(db)] == [
         "m001_initial",
         "m002_news",
-        "m003_flaky",
+        "m003_item_vectors",
+    ]
+    assert "half_done" not in db.table_names()
+    assert "patients" in db.table_names()
+    assert not db.conn.in_transaction
+    assert migrate(db) == ["m004_flaky"]
+    assert [row["name"] for row in applied_migrations(db)] == [
+        "m001_initial",
+        "m002_news",
+        "m003_item_vectors",
+        "m004_flaky",
     ]
     assert db.execute("SELECT x FROM half_done").fetchall() == [(1,)]
+
+
+def test_a_database_whose_item_vector_cache_came_before_its_migration(db, monkeypatch):
+    """Before m003 the news store created `item_vectors` itself: such a database keeps its
+    table and its cached rows, and gets m003 recorded."""
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        assert migrate(db) == ["m001_initial", "m002_news"]
+    db.execute(  # the store's own statement of that time
+        "CREATE TABLE IF NOT EXISTS item_vectors (item_id TEXT PRIMARY KEY, bundle_sha TEXT NOT "
+        "NULL, text_sha TEXT NOT NULL, title TEXT NOT NULL, category TEXT NOT NULL, added "
+        "INTEGER NOT NULL, vec BLOB NOT NULL)"
+    )
+    db.execute("INSERT INTO item_vectors VALUES ('N1', 'b', 't', 'Title', 'c', 0, x'00')")
+    db.conn.commit()
+    assert migrate(db) == ["m003_item_vectors"]
+    assert schema_of(db)["tables"] == EXPECTED_COLUMNS
+    assert db.execute("SELECT item_id FROM item_vectors").fetchall() == [("N1",)]
 
 
 def test_migration_decorator_checks_names_and_order(monkeypatch):

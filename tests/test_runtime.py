@@ -1,4 +1,4 @@
-"""Tests for app.runtime: bundle verification, visit encoding, and the two inference backends
+"""Tests for app.medication: bundle verification, visit encoding, and the two inference backends
 (onnxruntime and the numpy re-implementation) against the torch student.
 
 A tiny bundle is built by hand: a small LeaderStudent with random weights exported to fp32 ONNX
@@ -23,23 +23,16 @@ import numpy as np
 import pytest
 import torch
 
-from app.runtime import (
-    INPUT_NAMES,
-    Bundle,
-    BundleError,
-    NumpyBackend,
-    OrtBackend,
-    Recommendation,
-    Recommender,
-    encode_visit,
-    erf,
-    load_bundle,
-    trim_padding,
-)
+from app.medication.backends import NumpyBackend, OrtBackend, erf
+from app.medication.bundle import Bundle, load_bundle
+from app.medication.encoding import encode_visit, trim_padding
+from app.medication.recommender import Recommendation, Recommender
+from contract.bundle import BundleError
+from contract.layout import INPUT_NAMES
 from distill.data import tensors as dt
 from distill.data.vocab import Vocab
-from distill.student import LeaderStudent, StudentConfig
-from export.weights import save_numpy_weights
+from distill.medication.student import LeaderStudent, StudentConfig
+from export.medication.weights import save_numpy_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = "model.int8.onnx"
@@ -423,7 +416,6 @@ def test_encode_visit_matches_distill(bundle_dir):
             np.testing.assert_array_equal(got[name], want[name], err_msg=f"{trial} {name}")
         assert unknown == list(dict.fromkeys(unknown))  # no repeats
         assert set(unknown) == set(counted), trial
-    assert tuple(INPUT_NAMES) == dt.INPUT_NAMES
 
 
 def test_history_visits_may_be_mappings(bundle_dir):
@@ -552,7 +544,9 @@ def test_auto_falls_back_to_numpy_without_onnxruntime(bundle_dir):
     script = f"""
 import json, sys
 sys.modules["onnxruntime"] = None
-from app.runtime import Recommender, load_bundle, onnxruntime_available
+from app.medication.bundle import load_bundle
+from app.medication.recommender import Recommender
+from app.onnx_session import onnxruntime_available
 assert not onnxruntime_available()
 rec = Recommender(load_bundle({str(bundle_dir)!r}))
 out = rec.recommend(["icd9cm:401"], ["icd9pcs:3801"], top_k=None)

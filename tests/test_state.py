@@ -1,7 +1,8 @@
-"""app.state on real SQLite files and a real bundle (tests/bundle_factory.py: a random student
-exported to ONNX, with real ICD-9 titles and ATC3 names): type-ahead, suggestions with DDI
-warnings, the leave-one-out "why", decisions and saving, the timeline, model card, export, and
-the kiosk's idle timer and PIN."""
+"""app.medication.state, app.kiosk and app.state on real SQLite files and a real bundle
+(tests/bundle_factory.py: a random student exported to ONNX, with real ICD-9 titles and ATC3
+names): type-ahead, suggestions with DDI warnings, the leave-one-out "why", decisions and
+saving, the timeline, model card, export, the kiosk's idle timer and PIN, and the app's
+composition of the two domains."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import stat
 import numpy as np
 import pytest
 
-from app.history import History
-from app.state import (
+from app.kiosk import (
     PIN_LOCKOUT_SECONDS,
     PIN_MAX_FAILURES,
-    AppState,
-    CodeIndex,
     IdleTimer,
-    PatientForm,
+    Kiosk,
     PinStore,
     hash_pin,
     verify_pin,
 )
+from app.medication.codes import CodeIndex
+from app.medication.state import MedicationState, PatientForm
+from app.news.state import NewsState
+from app.state import AppState
+from app.storage.database import History
 
 PIN = "20251126"
 
@@ -38,17 +41,22 @@ class Clock:
 
 
 @pytest.fixture
-def state(tiny_bundle, tmp_path) -> AppState:
+def app_state(tiny_bundle, tmp_path) -> AppState:
     s = AppState.open(tiny_bundle, tmp_path / "data" / "pocketrec.db")
     yield s
     s.history.close()
+
+
+@pytest.fixture
+def state(app_state) -> MedicationState:
+    return app_state.medication
 
 
 def codes(options) -> list[str]:
     return [o.code for o in options]
 
 
-def open_visit(state: AppState, dx=(), px=(), name="Ann Example", **profile):
+def open_visit(state: MedicationState, dx=(), px=(), name="Ann Example", **profile):
     state.create_patient(PatientForm(display_name=name, **profile))
     visit = state.visit
     for code in dx:
@@ -58,7 +66,7 @@ def open_visit(state: AppState, dx=(), px=(), name="Ann Example", **profile):
     return visit
 
 
-def visit_with_ddi(state: AppState):
+def visit_with_ddi(state: MedicationState):
     """A visit whose suggestions contain a DDI pair (searched over pairs of diagnoses)."""
     dx = [c for c in state.bundle.vocabs["diagnoses"] if c not in ("<pad>", "<unk>")]
     for a, b in itertools.combinations(dx, 2):
@@ -350,21 +358,13 @@ def test_idle_timer():
         IdleTimer(0)
 
 
-def test_idle_timeout_hides_the_patient_in_kiosk_mode(state, tiny_bundle, tmp_path):
+def test_idle_timeout_hides_the_patient_in_kiosk_mode(app_state, tiny_bundle, tmp_path):
     clock = Clock()
-    kiosk_state = AppState.open(
-        tiny_bundle, tmp_path / "kiosk" / "p.db", kiosk=True, idle_timeout=30, pin=PIN
+    s = AppState.open(
+        tiny_bundle, tmp_path / "kiosk" / "p.db", kiosk=True, idle_timeout=30, pin=PIN, clock=clock
     )
-    s = AppState(
-        kiosk_state.bundle,
-        kiosk_state.recommender,
-        kiosk_state.history,
-        kiosk_state.kiosk,
-        kiosk_state.pins,
-        clock=clock,
-    )
-    assert s.locked and s.unlock(PIN)
-    open_visit(s, ["icd9cm:4019"])
+    assert s.kiosk.locked and s.kiosk.unlock(PIN)
+    open_visit(s.medication, ["icd9cm:4019"])
     clock.t += 29
     assert not s.idle_expired()
     s.touch()
@@ -373,11 +373,12 @@ def test_idle_timeout_hides_the_patient_in_kiosk_mode(state, tiny_bundle, tmp_pa
     clock.t += 1
     assert s.idle_expired()
     s.on_idle()
-    assert s.patient is None and s.visit is None and s.locked and not s.idle_expired()
+    assert s.medication.patient is None and s.medication.visit is None
+    assert s.kiosk.locked and not s.idle_expired()
     # outside kiosk mode nothing times out
     clock.t += 1000
-    assert not state.idle_expired()
-    kiosk_state.history.close()
+    assert not app_state.idle_expired()
+    s.history.close()
 
 
 def test_pin_hashing():
@@ -411,7 +412,7 @@ def test_pin_store_keeps_only_the_hash(tiny_bundle, tmp_path):
     # a new start without `pin` keeps the PIN in force
     clock = Clock()
     again = AppState.open(tiny_bundle, db, kiosk=True)
-    s2 = AppState(again.bundle, again.recommender, again.history, again.kiosk, clock=clock)
+    s2 = Kiosk(PinStore.beside(again.history.path), again.kiosk.settings, clock)
     assert s2.locked
     assert not s2.unlock("00000000") and s2.locked  # a wrong PIN is refused
     assert s2.unlock(PIN) and not s2.locked
@@ -423,14 +424,23 @@ def test_pin_store_keeps_only_the_hash(tiny_bundle, tmp_path):
     clock.t += PIN_LOCKOUT_SECONDS
     assert s2.unlock(PIN)
     PinStore.beside(db).clear_pin()
-    assert not AppState(again.bundle, again.recommender, again.history).locked
+    assert not Kiosk(PinStore.beside(db)).locked and not again.session().kiosk.locked
     again.history.close()
 
 
-def test_sessions_share_the_heavy_parts(state):
-    other = state.session()
-    assert other.bundle is state.bundle and other.recommender is state.recommender
-    assert other.history is state.history
+def test_sessions_share_the_heavy_parts(app_state):
+    other = app_state.session()
+    state, clinic = app_state.medication, other.medication
+    assert clinic.bundle is state.bundle and clinic.recommender is state.recommender
+    assert clinic.history is state.history is app_state.history
+    assert other.news is app_state.news  # one feed for the whole app
+    assert other.kiosk is not app_state.kiosk and other.kiosk.pins is app_state.kiosk.pins
     open_visit(state, ["icd9cm:4019"])
-    assert other.patient is None and state.patient is not None
+    assert clinic.patient is None and state.patient is not None
     assert np.isfinite(state.visit.suggest().suggestions[0].probability)
+
+
+def test_the_domains_share_one_history_and_nothing_else(app_state):
+    """The app composes the clinic and the news feed; neither holds the other."""
+    assert isinstance(app_state.news, NewsState) and app_state.news.history is app_state.history
+    assert not any(isinstance(v, NewsState) for v in vars(app_state.medication).values())

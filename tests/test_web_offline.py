@@ -7,7 +7,7 @@ recorded; requests to other hosts are aborted, so the test itself never leaves t
 page's Content-Security-Policy violations are recorded too: one means the client tried to load
 something from elsewhere and only the policy stopped it. Reuses the server and Chromium fixtures of
 tests/test_browser.py (skipped without /usr/bin/chromium unless POCKETREC_REQUIRE_BROWSER=1) and
-the page helpers of bench/flet_driver.py.
+the page helpers of bench/harness/browser.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import test_browser as tb
 
-from bench.flet_driver import (
+from bench.harness.browser import (
     LOAD_TIMEOUT_MS,
     VIEWPORT,
     click,

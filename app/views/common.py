@@ -15,7 +15,8 @@ from typing import Protocol
 
 import flet as ft
 
-from app.state import AppState, CodeOption
+from app.medication.codes import CodeOption
+from app.state import AppState
 
 DANGER = ft.Colors.RED_800
 DANGER_BG = ft.Colors.RED_50
@@ -36,7 +37,7 @@ def tid(identifier: str, control: ft.Control) -> ft.Semantics:
 
 
 class Shell(Protocol):
-    """What a view may ask of the app around it (implemented in app.main)."""
+    """What a view may ask of the app around it (implemented in app.shell)."""
 
     state: AppState
     page: ft.Page

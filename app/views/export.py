@@ -7,7 +7,7 @@ from pathlib import Path
 
 import flet as ft
 
-from app.history import HistoryError
+from app.storage.errors import HistoryError
 from app.views.common import DANGER, Shell, heading, ident, muted, tid
 
 
@@ -55,7 +55,7 @@ class ExportView:
         )
 
     def refresh(self) -> None:
-        patient = self.state.patient
+        patient = self.state.medication.patient
         self.patient_button.disabled = patient is None
         self.patient_button.content = (
             f"Export {patient['display_name']}" if patient else "Export this patient (none open)"
@@ -67,10 +67,10 @@ class ExportView:
         self.paths.controls = []
 
     async def _on_patient(self, e: ft.Event[ft.Control]) -> None:
-        await self._export(self.state.export_patient)
+        await self._export(self.state.medication.export_patient)
 
     async def _on_all(self, e: ft.Event[ft.Control]) -> None:
-        await self._export(self.state.export_all)
+        await self._export(self.state.medication.export_all)
 
     async def _export(self, export) -> None:
         self.state.touch()

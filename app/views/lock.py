@@ -57,9 +57,9 @@ class LockView:
     async def _on_unlock(self, e: ft.Event[ft.Control]) -> None:
         pin = self.pin.value or ""
         self.pin.value = ""
-        ok = await asyncio.to_thread(self.state.unlock, pin)
+        ok = await asyncio.to_thread(self.state.kiosk.unlock, pin)
         if not ok:
-            wait = self.state.lockout_remaining()
+            wait = self.state.kiosk.lockout_remaining()
             self.message.value = (
                 f"Too many wrong PINs: wait {wait:.0f} s." if wait else "Wrong PIN."
             )

@@ -17,11 +17,11 @@ class ModelView:
         facts = ft.Column(
             [
                 ft.Row([ft.Text(k, width=110, weight=ft.FontWeight.BOLD), ft.Text(v)])
-                for k, v in self.state.model_facts()
+                for k, v in self.state.medication.model_facts()
             ],
             spacing=2,
         )
-        columns, rows = self.state.metrics_table()
+        columns, rows = self.state.medication.metrics_table()
         if columns:
             table: ft.Control = ft.DataTable(
                 columns=[ft.DataColumn(ft.Text(c)) for c in columns],
@@ -42,7 +42,7 @@ class ModelView:
                 tid(
                     "model-card",
                     ft.Markdown(
-                        self.state.model_card(),
+                        self.state.medication.model_card(),
                         extension_set=ft.MarkdownExtensionSet.GITHUB_WEB,
                         selectable=True,
                     ),

@@ -2,7 +2,7 @@
 
 A catalog switch (the bundle's demo catalog, or articles imported from a MIND news.tsv), the
 feed with the reason of each item ("why this"), an article panel that opens on a tap (the tap is
-the click that is stored), and the import field. Ranking and storage live in `app.news_state`.
+the click that is stored), and the import field. Ranking and storage live in `app.news.state`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import asyncio
 
 import flet as ft
 
-from app.history import HistoryError
-from app.news_state import DEMO, IMPORTED, Article, Feed, FeedEntry, NewsError
+from app.news.state import DEMO, IMPORTED, Article, Feed, FeedEntry, NewsError
+from app.storage.errors import HistoryError
 from app.views.common import DANGER, MUTED, Shell, heading, ident, muted, tid
 
 CATALOG_LABELS = {DEMO: "Demo catalog", IMPORTED: "Imported news"}

@@ -6,9 +6,9 @@ import asyncio
 
 import flet as ft
 
-from app.history import HistoryError
-from app.migrations import PROFILE_FIELDS
-from app.state import PatientForm
+from app.medication.state import PatientForm
+from app.storage.errors import HistoryError
+from app.storage.migrations import PROFILE_FIELDS
 from app.views.common import Shell, heading, ident, muted, tid
 
 FIELD_LABELS = {
@@ -40,7 +40,7 @@ class PatientsView:
         self.results = ft.Column(spacing=0)
         self.name = ft.TextField(label="Name", width=420, on_submit=self._on_create)
         self.fields: dict[str, ft.Dropdown | ft.TextField] = {}
-        options = self.state.profile_options()
+        options = self.state.medication.profile_options()
         for name in PROFILE_FIELDS:
             label = FIELD_LABELS[name]
             if options.get(name):
@@ -101,7 +101,7 @@ class PatientsView:
         if not text and self.state.kiosk.enabled:
             self.results.controls = [muted("Type a name to find a patient.")]
             return
-        rows = self.state.search_patients(text, limit=20)
+        rows = self.state.medication.search_patients(text, limit=20)
         if not rows:
             self.results.controls = [muted("No patient found.", "patient-none")]
             return
@@ -129,7 +129,7 @@ class PatientsView:
         async def open_patient(e: ft.Event[ft.ListTile]) -> None:
             self.state.touch()
             try:
-                await asyncio.to_thread(self.state.open_patient, patient_id)
+                await asyncio.to_thread(self.state.medication.open_patient, patient_id)
             except HistoryError as exc:
                 self.shell.notify(str(exc), error=True)
                 return
@@ -154,7 +154,7 @@ class PatientsView:
             return
         self.form_error.value = ""
         try:
-            patient = await asyncio.to_thread(self.state.create_patient, form)
+            patient = await asyncio.to_thread(self.state.medication.create_patient, form)
         except (ValueError, HistoryError) as exc:
             self.form_error.value = str(exc)
             return

@@ -6,8 +6,9 @@ import asyncio
 
 import flet as ft
 
-from app.history import HistoryError
-from app.state import CodeOption, TimelineEntry
+from app.medication.codes import CodeOption
+from app.medication.state import TimelineEntry
+from app.storage.errors import HistoryError
 from app.views.common import MUTED, Shell, heading, ident, muted, no_patient, tid
 
 
@@ -29,11 +30,11 @@ class TimelineView:
 
     def refresh(self) -> None:
         """Shown: load the visits in the background (the database may be slow on a device)."""
-        if self.state.patient is None:
+        if self.state.medication.patient is None:
             self.title_text.value = "Timeline"
             self.entries.controls = [no_patient()]
             return
-        self.title_text.value = f"Timeline · {self.state.patient['display_name']}"
+        self.title_text.value = f"Timeline · {self.state.medication.patient['display_name']}"
         self.entries.controls = [ft.ProgressRing(width=24, height=24)]
         self.shell.page.run_task(self._load)
 
@@ -42,7 +43,7 @@ class TimelineView:
 
     async def _load(self) -> None:
         try:
-            entries = await asyncio.to_thread(self.state.timeline)
+            entries = await asyncio.to_thread(self.state.medication.timeline)
         except HistoryError as exc:
             self.entries.controls = [ft.Text(str(exc), color=ft.Colors.RED_800)]
         else:

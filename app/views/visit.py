@@ -7,9 +7,9 @@ import asyncio
 
 import flet as ft
 
-from app.history import HistoryError
-from app.runtime import BundleError
-from app.state import CodeOption, Suggestion, SuggestResult
+from app.medication.codes import CodeOption
+from app.medication.visit import Suggestion, SuggestResult
+from app.storage.errors import HistoryError
 from app.views.common import (
     DANGER,
     DANGER_BG,
@@ -22,6 +22,7 @@ from app.views.common import (
     no_patient,
     tid,
 )
+from contract.bundle import BundleError
 
 KIND_NAMES = {"dx": "Diagnoses", "px": "Procedures"}
 DECISION_LOOK = {
@@ -64,9 +65,9 @@ class CodePicker:
         self._found = []
 
     def show_chips(self) -> None:
-        visit = self.view.state.visit
+        visit = self.view.state.medication.visit
         codes = [] if visit is None else visit.codes(self.kind)
-        title = self.view.state.title
+        title = self.view.state.medication.title
         self.chips.controls = [
             tid(
                 ident(self.kind, "chip", code),
@@ -81,7 +82,7 @@ class CodePicker:
 
     def _on_change(self, e: ft.Event[ft.TextField]) -> None:
         self.view.state.touch()
-        self._found = self.view.state.search_codes(self.field.value or "", self.kind)
+        self._found = self.view.state.medication.search_codes(self.field.value or "", self.kind)
         self.options.show(self._found)
 
     async def _on_submit(self, e: ft.Event[ft.TextField]) -> None:
@@ -90,7 +91,7 @@ class CodePicker:
 
     async def _pick(self, option: CodeOption) -> None:
         self.view.state.touch()
-        visit = self.view.state.visit
+        visit = self.view.state.medication.visit
         if visit is None:
             return
         visit.add_code(self.kind, option.code)
@@ -102,7 +103,7 @@ class CodePicker:
     def _remover(self, code: str):
         def remove(e: ft.Event[ft.Chip]) -> None:
             self.view.state.touch()
-            visit = self.view.state.visit
+            visit = self.view.state.medication.visit
             if visit is not None:
                 visit.remove_code(self.kind, code)
             self.show_chips()
@@ -220,7 +221,7 @@ class SuggestionRow:
 
     async def _on_why(self, e: ft.Event[ft.ExpansionTile]) -> None:
         self.view.state.touch()
-        visit = self.view.state.visit
+        visit = self.view.state.medication.visit
         if visit is None or self._basis_loaded or not _is_true(e.data):
             return
         self.why.controls = [ft.ProgressRing(width=18, height=18)]
@@ -342,7 +343,7 @@ class VisitView:
     # -- showing
 
     def refresh(self) -> None:
-        visit = self.state.visit
+        visit = self.state.medication.visit
         if visit is None:
             self.root.content = no_patient()
             self._shown_visit = None
@@ -374,7 +375,7 @@ class VisitView:
         self.warnings.controls = []
 
     def show_stale(self) -> None:
-        visit = self.state.visit
+        visit = self.state.medication.visit
         if visit is not None and visit.stale:
             self.status.value = "The codes changed: press Suggest again."
             self.status.color = MUTED
@@ -426,11 +427,11 @@ class VisitView:
         self._show_decisions()
 
     def _show_decisions(self) -> None:
-        visit = self.state.visit
+        visit = self.state.medication.visit
         if visit is None or not visit.decisions:
             self.decisions.value = ""
             return
-        name = self.state.bundle.label_name
+        name = self.state.medication.bundle.label_name
         parts = []
         for decision in ("accepted", "added", "rejected"):
             codes = [c for c, d in visit.decisions.items() if d == decision]
@@ -443,7 +444,7 @@ class VisitView:
 
     def decide(self, action: str, code: str) -> None:
         self.state.touch()
-        visit = self.state.visit
+        visit = self.state.medication.visit
         if visit is None:
             return
         getattr(visit, action)(code)
@@ -451,12 +452,12 @@ class VisitView:
 
     def _on_note(self, e: ft.Event[ft.TextField]) -> None:
         self.state.touch()
-        if self.state.visit is not None:
-            self.state.visit.note = self.note.value or ""
+        if self.state.medication.visit is not None:
+            self.state.medication.visit.note = self.note.value or ""
 
     def _on_drug_search(self, e: ft.Event[ft.TextField]) -> None:
         self.state.touch()
-        self.drug_options.show(self.state.search_drugs(self.drug_field.value or ""))
+        self.drug_options.show(self.state.medication.search_drugs(self.drug_field.value or ""))
 
     def _pick_drug(self, option: CodeOption) -> None:
         self.drug_field.value = ""
@@ -465,7 +466,7 @@ class VisitView:
 
     async def _on_suggest(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()
-        visit = self.state.visit
+        visit = self.state.medication.visit
         if visit is None:
             return
         self._working(True, "Scoring…")
@@ -487,14 +488,14 @@ class VisitView:
 
     async def _on_save(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()
-        visit = self.state.visit
+        visit = self.state.medication.visit
         if visit is None:
             return
         visit.note = self.note.value or ""
         self._working(True, "Saving…")
         try:
             visit_id = await asyncio.to_thread(visit.save)
-            await asyncio.to_thread(self.state.new_visit)
+            await asyncio.to_thread(self.state.medication.new_visit)
         except (ValueError, HistoryError) as exc:
             self._working(False, str(exc), error=True)
             return

@@ -1,4 +1,4 @@
-"""Schema migrations for the local history database.
+"""Schema migrations for the local history database: every table pocketrec keeps in it.
 
 Each migration is a function `mNNN_description(db)` registered, in order, with `@migration`.
 `migrate(db)` applies the ones not yet recorded in the `_migrations` table; each runs inside its
@@ -7,10 +7,12 @@ leaves the database either before or after a migration, never half-way through o
 
 Migrations are append-only: once a version of the app has shipped with a migration, never edit
 it; add the next `mNNN_...` instead. Only the standard library and sqlite_utils are used here.
+`utc_now()` is the timestamp format of every `created` / `at` / `applied_at` column.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Callable
@@ -30,6 +32,9 @@ PROFILE_FIELDS = (
 )
 DECISIONS = ("accepted", "rejected", "added")
 TABLES = ("patients", "visits", "suggestions", "decisions", "audit")
+ITEM_VECTORS_TABLE = "item_vectors"
+JSON_COLUMNS = {"visits": ("diagnoses", "procedures"), "audit": ("detail",)}
+DEFAULT_ACTOR = "clinician"  # the audit's actor when a caller names none
 
 Migration = Callable[[Database], None]
 MIGRATIONS: list[Migration] = []
@@ -37,13 +42,18 @@ _NAME = re.compile(r"^m(\d{3})_[a-z0-9_]+$")
 
 __all__ = [
     "DECISIONS",
+    "DEFAULT_ACTOR",
+    "ITEM_VECTORS_TABLE",
+    "JSON_COLUMNS",
     "MIGRATIONS",
     "MIGRATIONS_TABLE",
     "PROFILE_FIELDS",
     "TABLES",
     "applied_migrations",
+    "decode_json_columns",
     "migrate",
     "migration",
+    "utc_now",
 ]
 
 
@@ -139,7 +149,7 @@ END;
 @migration
 def m002_news(db: Database) -> None:
     """The News tab: the reader's clicks (oldest first by id) and the articles imported from
-    a MIND news.tsv. Item vectors are a cache kept by `app.news_runtime.ItemStore`."""
+    a MIND news.tsv."""
     _run(
         db,
         """
@@ -162,7 +172,39 @@ CREATE INDEX idx_news_clicks_item ON news_clicks (item_id);
     )
 
 
-def _now() -> str:
+@migration
+def m003_item_vectors(db: Database) -> None:
+    """The News tab's item-vector cache, kept by `app.news.store.ItemStore`: `vec` is a float32
+    vector's bytes, `bundle_sha` the sha256 of the manifest of the bundle that computed it,
+    `text_sha` that of the text it was computed from, `added` 1 for items added after the
+    bundle (imported articles). IF NOT EXISTS: before this migration the store created the
+    table itself, so a database from then already has it, with exactly these columns."""
+    _run(
+        db,
+        f"""
+CREATE TABLE IF NOT EXISTS {ITEM_VECTORS_TABLE} (
+    item_id TEXT PRIMARY KEY,
+    bundle_sha TEXT NOT NULL,
+    text_sha TEXT NOT NULL,
+    title TEXT NOT NULL,
+    category TEXT NOT NULL,
+    added INTEGER NOT NULL,
+    vec BLOB NOT NULL
+);
+""",
+    )
+
+
+def decode_json_columns(table: str, row: dict) -> dict:
+    """`row` of `table` with its JSON_COLUMNS decoded (in place)."""
+    for column in JSON_COLUMNS.get(table, ()):
+        if row.get(column) is not None:
+            row[column] = json.loads(row[column])
+    return row
+
+
+def utc_now() -> str:
+    """The stored timestamp: UTC, ISO 8601 with microseconds."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
@@ -234,7 +276,7 @@ def migrate(db: Database) -> list[str]:
             fn(db)
             db.execute(
                 f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
-                (name, _now()),
+                (name, utc_now()),
             )
             done.append(name)
 

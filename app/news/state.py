@@ -1,7 +1,7 @@
 """The News tab's logic, in plain Python (no flet): a private feed ranked on the device.
 
-- `NewsState` holds the news bundle's ranker (`app.news_runtime.NewsRanker`, item vectors cached
-  in the history database) and the reader's clicks (table ``news_clicks`` of `app.history`).
+- `NewsState` holds the news bundle's ranker (`app.news.ranker.NewsRanker`, item vectors cached
+  in the history database) and the reader's clicks (table ``news_clicks``, `app.news.history`).
   It loads on first use (`ensure_loaded`): the first start encodes the whole catalog once.
 - Two catalogs: "demo" (the bundle's own) and "imported" (articles read from a MIND
   ``news.tsv`` with `import_news_tsv`, kept in table ``news_articles``).
@@ -22,10 +22,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.history import History
-from app.news_runtime import BundleError, NewsRanker, load_news_bundle
+from app.news.bundle import load_news_bundle
+from app.news.history import NewsHistory
+from app.news.ranker import NewsRanker
+from app.storage.database import History
+from contract.bundle import BundleError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NEWS_BUNDLE = ROOT / "assets" / "bundles" / "news-demo"
 DEMO, IMPORTED = "demo", "imported"
 FEED_SIZE = 10
@@ -174,6 +177,7 @@ class NewsState:
 
     def __init__(self, history: History, bundle: str | Path | None = None, threads: int = 1):
         self.history = history
+        self.records = NewsHistory(history)
         self.bundle_path = Path(bundle) if bundle is not None else DEFAULT_NEWS_BUNDLE
         self.threads = threads
         self.ranker: NewsRanker | None = None
@@ -204,7 +208,7 @@ class NewsState:
                 return False
             try:
                 ranker = NewsRanker(bundle, self.history.path, threads=self.threads)
-                self._articles = self.history.news_articles()
+                self._articles = self.records.articles()
                 if self._articles:
                     ranker.store.add_items(
                         {i: (a["title"], a["category"]) for i, a in self._articles.items()}
@@ -243,7 +247,7 @@ class NewsState:
     # -- the feed
 
     def clicks(self) -> list[str]:
-        return self.history.news_clicks()
+        return self.records.clicks()
 
     def feed(self, catalog: str = DEMO, top_k: int = FEED_SIZE) -> Feed:
         """The best `top_k` unread items of `catalog` for this device's clicks."""
@@ -293,7 +297,7 @@ class NewsState:
         if item_id not in ranker.store:
             raise NewsError(f"unknown news item {item_id!r}")
         reason = self._reason(item_id, self.clicks())
-        self.history.add_news_click(item_id)
+        self.records.add_click(item_id)
         item = ranker.store.items[item_id]
         extra = self._articles.get(item_id, {})
         return Article(
@@ -313,10 +317,8 @@ class NewsState:
         ranker = self._ready()
         articles, skipped = read_news_tsv(path)
         report = ImportReport(str(path), rows=len(articles), skipped=skipped)
-        report.added, report.replaced = self.history.save_news_articles(
-            articles, source=Path(path).name
-        )
-        self._articles = self.history.news_articles()
+        report.added, report.replaced = self.records.save_articles(articles, source=Path(path).name)
+        self._articles = self.records.articles()
         try:
             report.vectors_computed = ranker.store.add_items(
                 {a["item_id"]: (a["title"], a["category"]) for a in articles}

@@ -1,0 +1,152 @@
+"""The medication recommender: ranked drug classes for a visit, flagged at the bundle's
+decision threshold, with the drug-drug interactions among them.
+
+`Recommender` ties the pieces together: a verified bundle (`app.medication.bundle`), the live
+visit's arrays (`app.medication.encoding`) and a backend (`app.medication.backends`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.medication.backends import NumpyBackend, OrtBackend, sigmoid
+from app.medication.bundle import Bundle, load_bundle
+from app.medication.encoding import code_list, encode_visit, trim_padding
+from app.onnx_session import onnxruntime_available
+
+BACKENDS = ("auto", "onnxruntime", "numpy")
+
+__all__ = ["BACKENDS", "Recommendation", "Recommender"]
+
+
+@dataclass
+class Recommendation:
+    """Ranked drug classes for one visit.
+
+    `drugs`: [{"code", "name", "probability", "suggested"}] best first (`top_k` of them);
+    `ddi`: (code, code, name, name) for each interacting pair among the suggested drugs;
+    `unknown_codes`: input codes the model does not know (encoded as <unk>);
+    `backend`: "onnxruntime" or "numpy"; `threshold`: the bundle's decision threshold.
+    """
+
+    drugs: list[dict[str, Any]]
+    ddi: list[tuple[str, str, str, str]]
+    unknown_codes: list[str]
+    backend: str
+    threshold: float = 0.5
+
+    @property
+    def suggested(self) -> list[dict[str, Any]]:
+        return [d for d in self.drugs if d["suggested"]]
+
+
+class Recommender:
+    """Scores visits with a verified bundle; `backend` is "auto", "onnxruntime" or "numpy".
+
+    "auto" uses onnxruntime when it can be imported, else the numpy re-implementation (some
+    mobile builds ship without onnxruntime). `threads` sets onnxruntime's intra-op threads.
+    """
+
+    def __init__(self, bundle: Bundle | str | Path, backend: str = "auto", threads: int = 1):
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
+        if backend == "auto":
+            backend = "onnxruntime" if onnxruntime_available() else "numpy"
+        self.bundle = bundle
+        self.threads = threads
+        self.engine: OrtBackend | NumpyBackend
+        if backend == "onnxruntime":
+            self.engine = OrtBackend(bundle.model_path, threads=threads)
+        else:
+            self.engine = NumpyBackend(bundle.weights_path, bundle.student_config)
+        self.backend = backend
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold
+
+    def encode(
+        self,
+        diagnoses: Sequence[str],
+        procedures: Sequence[str],
+        history: Sequence[Any] = (),
+        profile: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        return encode_visit(self.bundle, diagnoses, procedures, history, profile)
+
+    def logits(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.engine.run(trim_padding(inputs))
+
+    def scores(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Probabilities [B, n_labels] (sigmoid of the logits), float32."""
+        return sigmoid(self.logits(inputs))
+
+    def recommend(
+        self,
+        diagnoses: Sequence[str],
+        procedures: Sequence[str],
+        history: Sequence[Any] = (),
+        profile: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        top_k: int | None = 10,
+    ) -> Recommendation:
+        """The `top_k` most probable drug classes (all with None), flagged at the threshold."""
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+            raise TypeError(f"top_k must be an integer or None; got {top_k!r}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1; got {top_k}")
+        inputs, unknown = self.encode(diagnoses, procedures, history, profile)
+        probs = self.scores(inputs)[0]
+        order = np.argsort(-probs, kind="stable")  # ties: label order
+        if top_k is not None:
+            order = order[:top_k]
+        b = self.bundle
+        drugs = [
+            {
+                "code": b.label_codes[i],
+                "name": b.label_names[i],
+                "probability": float(probs[i]),
+                "suggested": bool(probs[i] >= b.threshold),
+            }
+            for i in order
+        ]
+        suggested = [d["code"] for d in drugs if d["suggested"]]
+        pairs = [
+            (x, y, b.label_name(x), b.label_name(y))
+            for i, x in enumerate(suggested)
+            for y in suggested[i + 1 :]
+            if b.interacts(x, y)
+        ]
+        return Recommendation(drugs, pairs, unknown, self.backend, b.threshold)
+
+    def ddi_with(
+        self,
+        drugs: Recommendation | Iterable[dict[str, Any] | str],
+        accepted: Iterable[str],
+    ) -> list[tuple[str, str, str, str]]:
+        """(drug, accepted, drug name, accepted name) for each suggested drug that interacts
+        with an already accepted drug code. `drugs`: a Recommendation, its `drugs` list (only
+        the suggested ones count) or plain codes."""
+        items = drugs.drugs if isinstance(drugs, Recommendation) else drugs
+        codes = []
+        for item in items:
+            if isinstance(item, str):
+                codes.append(item)
+            elif item.get("suggested", True):
+                codes.append(item["code"])
+        accepted = code_list(accepted, "accepted")
+        b = self.bundle
+        return [
+            (x, y, b.label_name(x), b.label_name(y))
+            for x in codes
+            for y in dict.fromkeys(accepted)
+            if b.interacts(x, y)
+        ]
