@@ -18,7 +18,7 @@ Flutter web paints on a canvas; its semantics tree (switched on by clicking the
 update times are taken on the browser's clock: a capture listener stamps the click's
 `pointerdown`, a MutationObserver stamps the first DOM batch in which the new rows are there. The
 launch splits are taken on this process's clock when Playwright sees each step. The server,
-Chromium and the page helpers come from bench/flet_driver.py, shared with the browser tests.
+Chromium and the page helpers come from bench/harness/, shared with the browser tests.
 
 Usage: python bench/app_latency.py [--runs 5] [--bundle assets/bundles/medication-demo]
 Writes bench/results/app_latency.json (machine, method, targets, raw samples).
@@ -38,8 +38,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.state import AppState, PatientForm  # noqa: E402
-from bench import flet_driver as fd  # noqa: E402
+from app.medication.state import PatientForm  # noqa: E402
+from app.state import AppState  # noqa: E402
+from bench.harness import browser as web  # noqa: E402
+from bench.harness.app_ui import DONE_TEXT, ident  # noqa: E402
+from bench.harness.bundles import diagnosis_pool  # noqa: E402
+from bench.harness.measure import machine_info, summarize  # noqa: E402
+from bench.harness.script import exit_on_sigterm, start_watchdog  # noqa: E402
+from bench.harness.server import HOST, SHIPPED_BUNDLE, AppServer  # noqa: E402
+from contract.files import atomic_write_json  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "app_latency.json"
 TARGET_LAUNCH_S = 1.5  # first suggestions on screen after launch
@@ -50,7 +57,7 @@ PORT_POLL_S = 0.02
 QUIET_MS = 250  # the type-ahead options unchanged this long = the server answered every key
 STALE_TEXT = "codes changed"  # the status line after a code was added or removed
 CHROMIUM_ARGS = [
-    *fd.CHROMIUM_ARGS,
+    *web.CHROMIUM_ARGS,
     # offline: every host name but 127.0.0.1 fails to resolve (no request leaves the machine)
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
@@ -130,8 +137,8 @@ def bench_in_process(bundle: Path, codes: list[tuple[str, str]], calls: int, tmp
     t = time.perf_counter()
     state = AppState.open(bundle, tmp / "in-process.db")
     open_s = time.perf_counter() - t
-    state.create_patient(PatientForm(display_name="Bench In-Process"))
-    visit = state.visit
+    state.medication.create_patient(PatientForm(display_name="Bench In-Process"))
+    visit = state.medication.visit
     assert visit is not None
     base, extras = codes[0][0], [c for c, _ in codes[1:]]
     visit.add_code("dx", base)
@@ -154,7 +161,7 @@ def bench_in_process(bundle: Path, codes: list[tuple[str, str]], calls: int, tmp
         "backend": first.backend,
         "suggestions_per_call": len(first.suggestions),
         "samples_ms": samples,
-        "stats": fd.summarize(samples, "_ms"),
+        "stats": summarize(samples, "_ms"),
     }
 
 
@@ -163,39 +170,39 @@ def bench_in_process(bundle: Path, codes: list[tuple[str, str]], calls: int, tmp
 
 
 def wait_node(page, identifier: str):
-    return fd.wait_for(page, identifier, STEP_TIMEOUT_MS)
+    return web.wait_for(page, identifier, STEP_TIMEOUT_MS)
 
 
 def tap(page, identifier: str) -> None:
-    fd.click(page, identifier, STEP_TIMEOUT_MS, click_timeout_ms=STEP_TIMEOUT_MS)
+    web.click(page, identifier, STEP_TIMEOUT_MS, click_timeout_ms=STEP_TIMEOUT_MS)
 
 
-def enter_text(page, identifier: str, text: str, pauses: fd.Pauses) -> None:
+def enter_text(page, identifier: str, text: str, pauses: web.Pauses) -> None:
     ms = STEP_TIMEOUT_MS
-    fd.type_into(page, identifier, text, pauses=pauses, timeout_ms=ms, click_timeout_ms=ms)
+    web.type_into(page, identifier, text, pauses=pauses, timeout_ms=ms, click_timeout_ms=ms)
 
 
-def wait_quiet(page, identifier: str, pauses: fd.Pauses) -> None:
+def wait_quiet(page, identifier: str, pauses: web.Pauses) -> None:
     """Wait until the identifiers under `identifier` stay the same for QUIET_MS."""
-    quiet_ms = fd.wait_quiet(page, fd.IDS_UNDER_JS, identifier, QUIET_MS, 5_000, poll_ms=40)
+    quiet_ms = web.wait_quiet(page, web.IDS_UNDER_JS, identifier, QUIET_MS, 5_000, poll_ms=40)
     pauses.ms += quiet_ms
 
 
-def add_diagnosis(page, code: str, query: str, pauses: fd.Pauses) -> None:
+def add_diagnosis(page, code: str, query: str, pauses: web.Pauses) -> None:
     enter_text(page, "dx-search", query, pauses)
-    option = fd.ident("dx", "option", code)
+    option = ident("dx", "option", code)
     wait_node(page, option)
     wait_quiet(page, "dx-options", pauses)
     tap(page, option)
-    wait_node(page, fd.ident("dx", "chip", code))
+    wait_node(page, ident("dx", "chip", code))
 
 
 def remove_diagnosis(page, code: str) -> None:
     """The chip's Remove button (forced: the chip itself is a disabled checkbox, and
     Playwright counts the button as disabled along with it)."""
-    node = wait_node(page, fd.ident("dx", "chip", code))
+    node = wait_node(page, ident("dx", "chip", code))
     node.locator("[role=button]").first.click(force=True, timeout=STEP_TIMEOUT_MS)
-    page.wait_for_selector(fd.sel(fd.ident("dx", "chip", code)), state="detached", timeout=5_000)
+    page.wait_for_selector(web.sel(ident("dx", "chip", code)), state="detached", timeout=5_000)
 
 
 def status_text(page) -> str:
@@ -205,7 +212,7 @@ def status_text(page) -> str:
 
 def timed_suggest(page, mode: str) -> dict:
     """Click Suggest; browser-clock stamps (see RECORDER_JS) plus this process's view."""
-    page.evaluate(RECORDER_JS, {"mode": mode, "doneText": fd.DONE_TEXT})
+    page.evaluate(RECORDER_JS, {"mode": mode, "doneText": DONE_TEXT})
     t_call = time.monotonic()
     tap(page, "visit-suggest")
     page.wait_for_function(
@@ -229,16 +236,16 @@ def load_app(page, url: str) -> list[str]:
     """Open the app in `page`, switch Flutter's semantics tree on, wait for the first input
     field; returns the (live) list of requests made to hosts other than 127.0.0.1."""
     external: list[str] = []
-    local = f"http://{fd.HOST}:"
+    local = f"http://{HOST}:"
 
     def on_request(request) -> None:
-        if not fd.is_app_request(request.url, local):
+        if not web.is_app_request(request.url, local):
             external.append(request.url)
 
     page.on("request", on_request)
     page.goto(url, wait_until="commit", timeout=LOAD_TIMEOUT_MS)
-    ready = f"{fd.sel('new-patient-name')} input"
-    fd.enable_semantics(page, ready, LOAD_TIMEOUT_MS, STEP_TIMEOUT_MS)
+    ready = f"{web.sel('new-patient-name')} input"
+    web.enable_semantics(page, ready, LOAD_TIMEOUT_MS, STEP_TIMEOUT_MS)
     return external
 
 
@@ -247,7 +254,7 @@ def load_app(page, url: str) -> list[str]:
 
 def launch_run(browser, bundle: Path, codes, run: int, tmp: Path, holder: dict, after=None):
     """One launch -> first suggestions; `after(page)` runs on the same page before cleanup."""
-    server = fd.AppServer(bundle, tmp, poll_s=PORT_POLL_S, stop_timeout_s=10.0)
+    server = AppServer(bundle, tmp, poll_s=PORT_POLL_S, stop_timeout_s=10.0)
     holder["server"] = server
     context = page = None
     try:
@@ -255,12 +262,12 @@ def launch_run(browser, bundle: Path, codes, run: int, tmp: Path, holder: dict, 
         server.start()
         server.wait_ready()
         t_http = time.monotonic()
-        context = browser.new_context(viewport=fd.VIEWPORT)  # empty cache every run
+        context = browser.new_context(viewport=web.VIEWPORT)  # empty cache every run
         page = context.new_page()
         external = load_app(page, server.url)
         t_ready = time.monotonic()
 
-        pauses = fd.Pauses()
+        pauses = web.Pauses()
         enter_text(page, "new-patient-name", f"Bench Patient {run}", pauses)
         tap(page, "new-patient-create")
         wait_node(page, "dx-search")
@@ -290,7 +297,7 @@ def launch_run(browser, bundle: Path, codes, run: int, tmp: Path, holder: dict, 
     except BaseException:
         if page is not None:
             with contextlib.suppress(Exception):
-                print(f"identifiers on the page: {page.evaluate(fd.ALL_IDS_JS)}", file=sys.stderr)
+                print(f"identifiers on the page: {page.evaluate(web.ALL_IDS_JS)}", file=sys.stderr)
         print(f"server log (tail):\n{server.log_tail(3000)}", file=sys.stderr)
         raise
     finally:
@@ -309,9 +316,9 @@ def update_samples(page, codes, n: int, deadline: float) -> list[dict]:
             print(f"time budget reached after {i} of {n} updates", file=sys.stderr)
             break
         code, query = codes[1 + i % (len(codes) - 1)]
-        add_diagnosis(page, code, query, fd.Pauses())
+        add_diagnosis(page, code, query, web.Pauses())
         before = status_text(page)
-        if STALE_TEXT not in before or fd.DONE_TEXT in before:
+        if STALE_TEXT not in before or DONE_TEXT in before:
             raise BenchError(f"unexpected status before Suggest: {before!r}")
         rec = timed_suggest(page, "update")
         out.append(
@@ -442,7 +449,7 @@ METHOD = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="launch -> first suggestions runs")
-    ap.add_argument("--bundle", type=Path, default=fd.SHIPPED_BUNDLE)
+    ap.add_argument("--bundle", type=Path, default=SHIPPED_BUNDLE)
     ap.add_argument("--updates", type=int, default=10, help="suggest-after-a-code samples")
     ap.add_argument("--calls", type=int, default=50, help="in-process suggest() calls")
     ap.add_argument("--budget-s", type=float, default=150.0, help="stop adding samples after")
@@ -452,22 +459,22 @@ def main() -> int:
     if args.runs < 1 or args.updates < 1 or args.calls < 1:
         ap.error("--runs, --updates and --calls must be at least 1")
     bundle = args.bundle.resolve()
-    missing = fd.chromium_missing()
+    missing = web.chromium_missing()
     if missing:
         print(missing, file=sys.stderr)
         return 2
     from playwright.sync_api import sync_playwright
 
-    fd.exit_on_sigterm()
+    exit_on_sigterm()
     started = time.monotonic()
     deadline = started + args.budget_s
     holder: dict = {"server": None}
-    watchdog = fd.start_watchdog(args.hard_timeout_s, holder)
+    watchdog = start_watchdog(args.hard_timeout_s, holder)
 
     with tempfile.TemporaryDirectory(prefix="pocketrec-app-latency-") as tmp_name:
         tmp = Path(tmp_name)
         n_codes = 1 + min(args.updates, 10)
-        codes = fd.diagnosis_pool(bundle, n_codes, need=n_codes)
+        codes = diagnosis_pool(bundle, n_codes, need=n_codes)
         print(f"in process: {args.calls} suggest() calls", file=sys.stderr)
         in_process = bench_in_process(bundle, codes, args.calls, tmp)
 
@@ -476,7 +483,7 @@ def main() -> int:
         try:
             with sync_playwright() as pw:
                 t = time.monotonic()
-                browser = fd.launch_chromium(pw, CHROMIUM_ARGS)
+                browser = web.launch_chromium(pw, CHROMIUM_ARGS)
                 browser_launch_s = time.monotonic() - t
                 try:
                     for run in range(1, args.runs + 1):
@@ -510,13 +517,11 @@ def main() -> int:
 
     summary = {
         "launch_ms": {
-            k: fd.summarize(
-                [s[k] * (1.0 if k == "suggest_browser" else 1e3) for s in launches], "_ms"
-            )
+            k: summarize([s[k] * (1.0 if k == "suggest_browser" else 1e3) for s in launches], "_ms")
             for k in LAUNCH_KEYS
         },
         "update_ms": {
-            k: fd.summarize([u[f"{k}_ms"] for u in updates if u[f"{k}_ms"] is not None], "_ms")
+            k: summarize([u[f"{k}_ms"] for u in updates if u[f"{k}_ms"] is not None], "_ms")
             for k in (
                 "click_to_done",
                 "click_to_scoring",
@@ -526,7 +531,7 @@ def main() -> int:
         },
         "in_process_ms": in_process["stats"],
     }
-    machine = fd.machine_info()
+    machine = machine_info()
     machine["chromium"] = chromium_version
     machine["backend"] = in_process["backend"]
     result = {
@@ -536,9 +541,9 @@ def main() -> int:
             "runs": args.runs,
             "updates": args.updates,
             "calls": args.calls,
-            "viewport": fd.VIEWPORT,
+            "viewport": web.VIEWPORT,
             "chromium_args": CHROMIUM_ARGS,
-            "key_delay_ms": fd.KEY_DELAY_MS,
+            "key_delay_ms": web.KEY_DELAY_MS,
             "browser_launch_s_untimed": browser_launch_s,
             "wall_s": time.monotonic() - started,
         },
@@ -557,7 +562,7 @@ def main() -> int:
         },
     }
     result["table_markdown"] = table(result)
-    fd.write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print(result["table_markdown"])
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} ({result['config']['wall_s']:.0f} s)")
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -22,6 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from contract.files import atomic_write_json  # noqa: E402
 
 # name -> DistillConfig changes; a "student" key holds StudentConfig changes
 VARIANTS = {
@@ -45,14 +46,15 @@ def main() -> None:
 
     import torch
 
-    from distill import evaluate as ev
-    from distill.config import DataConfig
+    from contract.layout import TensorConfig
     from distill.data import load_cohort
+    from distill.data.config import DataConfig
     from distill.data.samples import build_samples
-    from distill.data.tensors import MedVocabs, TensorConfig, encode_samples
-    from distill.student import StudentConfig
-    from distill.teacher import load_features
-    from distill.train import DistillConfig, train_student
+    from distill.data.tensors import MedVocabs, encode_samples
+    from distill.features import load_features
+    from distill.medication import evaluate as ev
+    from distill.medication.student import StudentConfig
+    from distill.medication.train import DistillConfig, train_student
 
     torch.set_num_threads(1)  # tiny models: one thread is faster on this 2-core machine
     cfg = json.loads((args.run / "config.json").read_text())
@@ -97,23 +99,17 @@ def main() -> None:
         v = np.array(vals)
         result[name] = {"mean": float(v.mean()), "std": float(v.std()), "runs": len(v)}
         print(f"| {name} | {v.mean():.4f} | {v.std():.4f} | {len(v)} |")
-    out = ROOT / "bench" / "results" / "kd_ablation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "run": str(args.run),
-                "seeds": seeds,
-                "folds": d.folds,
-                "teacher": cfg["teacher"],
-                "variants": result,
-                "seconds": round(time.perf_counter() - t0, 1),
-            },
-            indent=1,
-        )
+    atomic_write_json(
+        ROOT / "bench" / "results" / "kd_ablation.json",
+        {
+            "run": str(args.run),
+            "seeds": seeds,
+            "folds": d.folds,
+            "teacher": cfg["teacher"],
+            "variants": result,
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
     )
-    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

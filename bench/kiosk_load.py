@@ -22,19 +22,19 @@ bench/app_latency.py detects a refreshed list), any error or timeout with the st
 in, and, only after the status line confirms the save, the patient's name and the visit id
 prefix the UI showed.
 
-Flutter web paints on a canvas; its semantics tree (switched on by clicking the
-`flt-semantics-placeholder` element) mirrors the widgets as elements whose
-`flt-semantics-identifier` attribute is the app's `ft.Semantics(identifier=...)`: the selectors
-use that. Every request not addressed to the app's own server is aborted with `page.route`. The
-server, Chromium, the page's JavaScript probes and the CPU accounting come from
-bench/flet_driver.py, shared with bench/app_latency.py and the browser tests.
+The selectors are the app's `ft.Semantics(identifier=...)` test identifiers in Flutter's
+semantics tree (see bench/harness/browser.py). Every request not addressed to the app's own
+server is aborted with `page.route`. The server, Chromium, the page helpers and probes
+(bench/harness/browser_async.py), the session loop and the CPU accounting come from
+bench/harness/, shared with bench/kiosk_protocol_load.py, bench/app_latency.py and the browser
+tests.
 
-After the run the server is stopped and the database opened with `app.history.History`: for
-each session's patients, every confirmed visit must be there (else it is LOST) and whole: its
-suggestions, its decisions and its `save_visit` audit row (else PARTIAL); `PRAGMA
-integrity_check` must say ok. The exit status is 1 when anything is lost or partial, when the
-integrity check fails, when a visit's content differs from what was entered or when a patient
-the UI confirmed is missing; 2 when the run could not be made at all.
+After the run the server is stopped and the database checked (bench/harness/kiosk_session.py
+`check_database`): for each session's patients, every confirmed visit must be there (else it is
+LOST) and whole: its suggestions, its decisions and its `save_visit` audit row (else PARTIAL);
+`PRAGMA integrity_check` must say ok. The exit status is 1 when anything is lost or partial,
+when the integrity check fails, when a visit's content differs from what was entered or when a
+patient the UI confirmed is missing; 2 when the run could not be made at all.
 
 Usage: python bench/kiosk_load.py [--sessions 20] [--seconds 120]
 Writes bench/results/kiosk_load.json (atomically): config, machine, raw samples, the DB check.
@@ -46,11 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
-import re
-import sqlite3
 import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -59,290 +55,72 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.history import History  # noqa: E402
-from bench import flet_driver as fd  # noqa: E402
-from bench.flet_driver import (  # noqa: E402
-    CHECK_PAUSE_MS,
+from bench.harness.app_ui import SAVED_RE, ident  # noqa: E402
+from bench.harness.browser import (  # noqa: E402
     CHROMIUM_ARGS,
-    DONE_TEXT,
-    FOCUS_PAUSE_MS,
-    HOST,
     KEY_DELAY_MS,
-    TEXT_BY_ID_JS,
     VIEWPORT,
-    AppServer,
-    SetupError,
-    TypingError,
-    ident,
+    chromium_missing,
+    is_app_request,
+    launch_chromium,
     sel,
 )
+from bench.harness.browser_async import (  # noqa: E402
+    close_leftover_patient,
+    error_kind,
+    open_app,
+    shown_on_page,
+    tap,
+    timed_suggest,
+    type_text,
+    wait_node,
+    wait_opened,
+    wait_quiet,
+    wait_saved,
+    wait_text,
+)
+from bench.harness.bundles import diagnosis_pool  # noqa: E402
+from bench.harness.db_check import db_failures  # noqa: E402
+from bench.harness.errors import AppError, SetupError, UnexpectedError  # noqa: E402
+from bench.harness.errors import short as short_message  # noqa: E402
+from bench.harness.kiosk_session import (  # noqa: E402
+    DX_POOL,
+    KioskSession,
+    common_summary,
+    fmt_ms,
+    markdown_table,
+    run_sessions,
+    serve_and_check,
+    session_errors,
+    session_record,
+    visits_of,
+)
+from bench.harness.measure import machine_info, summarize  # noqa: E402
+from bench.harness.script import exit_on_sigterm  # noqa: E402
+from bench.harness.server import HOST, SHIPPED_BUNDLE, AppServer  # noqa: E402
+from contract.files import atomic_write_json  # noqa: E402
 
-BUNDLE = fd.SHIPPED_BUNDLE
+BUNDLE = SHIPPED_BUNDLE
 OUT = ROOT / "bench" / "results" / "kiosk_load.json"
-FOCUS_WAIT_MS = 10_000  # no focus in the field by then: click it again
-QUIET_MS = 400  # type-ahead options unchanged this long: the server has answered every key
-QUIET_MAX_MS = 6_000
-POLL_MS = 100
-SAVED_RE = re.compile(r"Saved visit ([0-9a-f]{8})")
-DX_POOL = 40  # frequent diagnoses to draw from
 OPTION_WAIT_MS = 10_000  # no type-ahead option by then: look at the field, type again
 TYPEAHEAD_TRIES = 3
-
-WAIT_TEXT_JS = f"""([id, needle]) => {{
-  const text = ({TEXT_BY_ID_JS})(id);
-  return text !== null && text.toLowerCase().includes(needle.toLowerCase());
-}}"""
-
-# After Save: resolves to the status text once it is neither the Suggest result nor "Saving…".
-SAVE_DONE_JS = f"""([id, doneText]) => {{
-  const text = ({TEXT_BY_ID_JS})(id) || '';
-  if (!text || text.includes('Saving') || text.includes(doneText)) return false;
-  return text;
-}}"""
-
-# After Create patient: resolves to the header's patient text once a patient is open.
-OPENED_JS = f"""(id) => {{
-  const text = ({TEXT_BY_ID_JS})(id);
-  return text && !text.includes('No patient open') ? text : false;
-}}"""
-
-# True once the focused element is a text field under the node carrying the identifier.
-FOCUSED_JS = """(id) => {
-  const active = document.activeElement;
-  return !!active && /^(INPUT|TEXTAREA)$/.test(active.tagName)
-    && !!active.closest(`[flt-semantics-identifier="${id}"]`);
-}"""
-
-# At an error: the texts and field values the page shows for a few identifiers.
-SHOWN_IDS = [
-    "current-patient",
-    "new-patient-error",
-    "patient-search",
-    "new-patient-name",
-    "dx-search",
-    "visit-status",
-]
-SHOWN_JS = f"""(ids) => Object.fromEntries(ids.map(id => {{
-  const field = document.querySelector(
-    `[flt-semantics-identifier="${{id}}"] input, [flt-semantics-identifier="${{id}}"] textarea`);
-  return [id, field ? {{value: field.value}} : ({TEXT_BY_ID_JS})(id)];
-}}))"""
-
-# Installed just before the Suggest click; window.__kiosk ends with browser-clock stamps.
-SUGGEST_RECORDER_JS = f"""(doneText) => {{
-  const textOf = {TEXT_BY_ID_JS};
-  const rowSel = '[flt-semantics-identifier^="suggestion-"]';
-  const before = [...document.querySelectorAll(rowSel)];
-  const statusBefore = textOf('visit-status') || '';
-  const rec = {{click: null, scoring: null, done: null, failed: null, rows: null,
-               status: null, batches: 0}};
-  window.__kiosk = rec;
-  window.addEventListener('pointerdown', () => {{
-    if (rec.click === null) rec.click = performance.now();
-  }}, {{capture: true, once: true}});
-  const observer = new MutationObserver(() => {{
-    rec.batches += 1;
-    if (rec.click === null || rec.done !== null || rec.failed !== null) return;
-    const now = performance.now();
-    const status = textOf('visit-status') || '';
-    if (rec.scoring === null && status.includes('Scoring')) rec.scoring = now;
-    const rows = [...document.querySelectorAll(rowSel)];
-    const replaced = before.every(el => !el.isConnected);
-    if (rows.length && replaced && status.includes(doneText)) {{
-      rec.done = now;
-      rec.rows = rows.map(r => r.getAttribute('flt-semantics-identifier'));
-      rec.status = status;
-      observer.disconnect();
-    }} else if (status && status !== statusBefore && !status.includes('Scoring')
-               && !status.includes(doneText) && rec.scoring !== null) {{
-      rec.failed = status;
-      observer.disconnect();
-    }}
-  }});
-  observer.observe(document.body, {{subtree: true, childList: true, attributes: true,
-                                   characterData: true}});
-  return true;
-}}"""
+SHORT = 300  # characters of an error message kept
 
 
-class HarnessError(RuntimeError):
-    """Something the app showed that the script did not expect (kind "unexpected")."""
-
-
-class AppError(RuntimeError):
-    """The app itself reported a failure in its status line (kind "app-error")."""
-
-
-# ------------------------------------------------------------------ driving one page
-
-
-async def wait_node(page, identifier: str, timeout_ms: int):
-    await page.wait_for_selector(sel(identifier), state="attached", timeout=timeout_ms)
-    return page.locator(sel(identifier)).first
-
-
-async def tap(page, identifier: str, timeout_ms: int) -> None:
-    """Click the tappable element under the node `identifier`, or the node itself."""
-    node = await wait_node(page, identifier, timeout_ms)
-    inner = node.locator("[flt-tappable], [role=button], input").first
-    if await inner.count():
-        await inner.click(timeout=timeout_ms)
-    else:
-        await node.click(force=True, timeout=timeout_ms)
-
-
-async def type_text(page, identifier: str, text: str, timeout_ms: int, tries: int = 3) -> int:
-    """Focus the field, wait until Flutter has moved the focus there, type key by key, read it
-    back; click and type again when the focus does not come or it reads otherwise. Returns how
-    many extra attempts it took. The focus is checked by identifier, not by element: Flutter
-    may replace the field's <input> (the app refocuses a field after a pick)."""
-    await wait_node(page, identifier, timeout_ms)
-    field = page.locator(f"{sel(identifier)} input, {sel(identifier)} textarea").first
-    seen = None
-    for attempt in range(tries):
-        await field.click(timeout=timeout_ms)
-        try:
-            await page.wait_for_function(
-                FOCUSED_JS, arg=identifier, timeout=min(timeout_ms, FOCUS_WAIT_MS), polling=50
-            )
-        except Exception as exc:
-            if error_kind(exc) != "timeout":
-                raise
-            seen = "(no focus)"
-            continue
-        await page.wait_for_timeout(FOCUS_PAUSE_MS)
-        await page.keyboard.press("Control+A")
-        await page.keyboard.press("Delete")
-        await page.keyboard.type(text, delay=KEY_DELAY_MS)
-        await page.wait_for_timeout(CHECK_PAUSE_MS)
-        seen = await field.input_value(timeout=timeout_ms)
-        if seen == text:
-            return attempt
-    raise TypingError(f"typing {text!r} into {identifier} gave {seen!r} after {tries} tries")
-
-
-async def wait_text(page, identifier: str, needle: str, timeout_ms: int) -> None:
-    await page.wait_for_function(
-        WAIT_TEXT_JS, arg=[identifier, needle], timeout=timeout_ms, polling=POLL_MS
-    )
-
-
-async def wait_quiet(page, identifier: str) -> None:
-    """Until the identifiers under `identifier` stay unchanged for QUIET_MS (at most
-    QUIET_MAX_MS: a list still changing then is tapped anyway, as a person would)."""
-    deadline = time.monotonic() + QUIET_MAX_MS / 1000
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        now = await page.evaluate(fd.IDS_UNDER_JS, identifier)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= QUIET_MS / 1000:
-            return
-        await page.wait_for_timeout(POLL_MS)
-
-
-async def open_app(page, url: str, timeout_ms: int, step_ms: int) -> None:
-    """Load the app, switch Flutter's semantics tree on, wait for the new-patient field."""
-    await page.goto(url, wait_until="commit", timeout=timeout_ms)
-    await page.wait_for_selector(fd.PLACEHOLDER, state="attached", timeout=timeout_ms)
-    await page.evaluate(fd.CLICK_PLACEHOLDER_JS)
-    await page.wait_for_selector(
-        f"{sel('new-patient-name')} input", state="attached", timeout=max(step_ms, timeout_ms)
-    )
+def short(exc: BaseException) -> str:
+    return short_message(exc, SHORT)
 
 
 # ------------------------------------------------------------------ one session
 
 
-class KioskSession:
-    """What a session keeps in either kiosk driver (this script's browser contexts, the
-    protocol clients of bench/kiosk_protocol_load.py): its load state, the samples and
-    patients `check_database` reads, and the loop of visits."""
-
-    def __init__(self, index: int, url: str, pool: list[tuple[str, str]], seed: int):
-        self.index = index
-        self.url = url
-        self.pool = pool
-        self.rng = random.Random(seed * 1000 + index)
-        self.loaded = False
-        self.load_s: float | None = None
-        self.load_error: str | None = None
-        self.settled = asyncio.Event()
-        self.samples: list[dict] = []
-        self.patients: list[dict] = []
-        self.dead: str | None = None
-
-    async def one_visit(self, iteration: int, window_start: float) -> bool:
-        raise NotImplementedError
-
-    async def recover(self) -> None:
-        raise NotImplementedError
-
-    async def visits(self, go: asyncio.Event, window: dict) -> None:
-        """Once `go` is set: visit after visit until the window ends or the session is dead;
-        after a failed one, `recover()`."""
-        await go.wait()
-        if not self.loaded:
-            return
-        iteration = 0
-        while time.monotonic() < window["end"] and self.dead is None:
-            iteration += 1
-            ok = await self.one_visit(iteration, window["start"])
-            if not ok and time.monotonic() < window["end"]:
-                await self.recover()
-
-    def new_visit(
-        self, iteration: int, name: str, chosen: list[tuple[str, str]], window_start: float, **extra
-    ) -> tuple[dict, dict]:
-        """The records of a visit about to start, kept: its sample (`extra`: the driver's own
-        fields) and its new patient."""
-        sample: dict = {
-            "session": self.index,
-            "iteration": iteration,
-            "patient": name,
-            "diagnoses": [code for code, _ in chosen],
-            "typed": [query for _, query in chosen],
-            "accepted": [],
-            "t_start_s": time.monotonic() - window_start,
-            "t_end_s": None,
-            "visit_s": None,
-            **extra,
-            "suggest_ms": None,
-            "click_to_scoring_ms": None,
-            "rows": None,
-            "patient_confirmed": False,
-            "visit_prefix": None,
-            "save_confirmed": False,
-            "save_ms": None,
-            "step": "new-patient",
-            "error": None,
-        }
-        patient = {
-            "name": name,
-            "created_confirmed": False,
-            "visits_believed_saved": 0,
-            "visit_prefixes": [],
-        }
-        self.samples.append(sample)
-        self.patients.append(patient)
-        return sample, patient
-
-    def give_up(self, step: str, kind: str, message: str) -> None:
-        """`step`, bringing the session back after a failure, failed too: the session stops,
-        recorded as an error."""
-        self.dead = f"{step} failed: {kind}: {message}"
-        error = {"kind": f"{kind}:{step}", "message": message}
-        self.samples.append(
-            {"session": self.index, "iteration": None, "step": step, "error": error}
-        )
-
-
 class Session(KioskSession):
     """One browser context = one Flet session = one clinician at a kiosk."""
 
-    def __init__(self, index: int, args, url: str, pool: list[tuple[str, str]], seed: int):
-        super().__init__(index, url, pool, seed)
+    def __init__(self, index: int, args, url: str, pool: list[tuple[str, str]], browser):
+        super().__init__(index, url, pool, args.seed)
         self.args = args
+        self.browser = browser
         self.step_ms = int(args.step_timeout * 1000)
         self.context = None
         self.page = None
@@ -352,7 +130,7 @@ class Session(KioskSession):
 
     async def offline(self, route) -> None:
         url = route.request.url
-        if fd.is_app_request(url, self.url):
+        if is_app_request(url, self.url):
             await route.continue_()
         else:
             self.blocked[url] += 1
@@ -362,28 +140,24 @@ class Session(KioskSession):
         if not ws.url.startswith(f"ws://{HOST}:"):
             self.external_websockets.append(ws.url)
 
-    async def load(self, browser, t0: float) -> None:
-        try:
-            self.context = await browser.new_context(viewport=VIEWPORT, service_workers="block")
-            self.page = await self.context.new_page()
-            await self.page.route("**/*", self.offline)
-            self.page.on("websocket", self.on_websocket)
-            timeout_ms = int(self.args.load_timeout * 1000)
-            await asyncio.wait_for(
-                open_app(self.page, self.url, timeout_ms, self.step_ms),
-                self.args.load_timeout + 5,
-            )
-            self.loaded = True
-            self.load_s = time.monotonic() - t0
-        except Exception as exc:  # reported, not raised: the other sessions go on
-            self.load_error = f"{error_kind(exc)}: {short(exc)}"
-            self.load_s = time.monotonic() - t0
-        finally:
-            self.settled.set()
+    async def open(self) -> None:
+        self.context = await self.browser.new_context(viewport=VIEWPORT, service_workers="block")
+        self.page = await self.context.new_page()
+        await self.page.route("**/*", self.offline)
+        self.page.on("websocket", self.on_websocket)
+        timeout_ms = int(self.args.load_timeout * 1000)
+        await asyncio.wait_for(
+            open_app(self.page, self.url, timeout_ms, self.step_ms), self.args.load_timeout + 5
+        )
 
-    async def run(self, browser, t0: float, go: asyncio.Event, window: dict) -> None:
-        await self.load(browser, t0)
-        await self.visits(go, window)
+    def describe_error(self, exc: BaseException) -> tuple[str, str]:
+        return error_kind(exc), short(exc)
+
+    async def shown_at_error(self) -> dict:
+        return await shown_on_page(self.page)
+
+    def visit_fields(self) -> dict:
+        return {"retypes": 0, "typeahead_retries": [], "suggest_call_ms": None}
 
     async def recover(self) -> None:
         """After a failure: reload the page (a new Flet session) and go on from the start."""
@@ -396,106 +170,61 @@ class Session(KioskSession):
         except Exception as exc:
             self.give_up("reload", error_kind(exc), short(exc))
             return
-        # Flet may resume the same server session after a reload: close a patient left open
         try:
-            await self.page.wait_for_selector(
-                f"{sel('new-patient-name')} input, {sel('close-patient')} [role=button]",
-                state="attached",
-                timeout=self.step_ms,
-            )
-            if await self.page.locator(sel("close-patient")).count():
-                await tap(self.page, "close-patient", self.step_ms)
-                await self.page.wait_for_selector(
-                    f"{sel('new-patient-name')} input", state="attached", timeout=self.step_ms
-                )
+            await close_leftover_patient(self.page, self.step_ms)
         except Exception as exc:
             self.give_up("reload", error_kind(exc), short(exc))
 
-    async def one_visit(self, iteration: int, window_start: float) -> bool:
+    async def visit_steps(self, sample: dict, patient: dict, name: str, chosen: list) -> None:
         page, ms = self.page, self.step_ms
-        name = f"Kiosk S{self.index:02d} P{iteration:03d}"
-        chosen = self.rng.sample(self.pool, self.rng.choice((1, 2)))
-        extra = {"retypes": 0, "typeahead_retries": [], "suggest_call_ms": None}
-        sample, patient = self.new_visit(iteration, name, chosen, window_start, **extra)
-        started = time.monotonic()
-        try:
-            # look the name up first, as at a front desk: the list of everyone shrinks to "No
-            # patient found" and the new-patient form stays where it is on screen (under a long
-            # list it is below the fold, and a click there can land on another patient's row)
-            sample["retypes"] += await type_text(page, "patient-search", name, ms)
-            await wait_node(page, "patient-none", ms)
-            sample["retypes"] += await type_text(page, "new-patient-name", name, ms)
-            await tap(page, "new-patient-create", ms)
-            handle = await page.wait_for_function(
-                OPENED_JS, arg="current-patient", timeout=ms, polling=POLL_MS
-            )
-            shown = await handle.json_value()
-            if name not in shown:
-                raise HarnessError(f"Create patient opened {shown!r}, not {name!r}")
-            await wait_node(page, "dx-search", ms)
-            patient["created_confirmed"] = sample["patient_confirmed"] = True
+        # look the name up first, as at a front desk: the list of everyone shrinks to "No
+        # patient found" and the new-patient form stays where it is on screen (under a long
+        # list it is below the fold, and a click there can land on another patient's row)
+        sample["retypes"] += await type_text(page, "patient-search", name, ms)
+        await wait_node(page, "patient-none", ms)
+        sample["retypes"] += await type_text(page, "new-patient-name", name, ms)
+        await tap(page, "new-patient-create", ms)
+        shown = await wait_opened(page, ms)
+        if name not in shown:
+            raise UnexpectedError(f"Create patient opened {shown!r}, not {name!r}")
+        await wait_node(page, "dx-search", ms)
+        patient["created_confirmed"] = sample["patient_confirmed"] = True
 
-            sample["step"] = "diagnosis"
-            for code, query in chosen:
-                await self.add_diagnosis(sample, code, query)
+        sample["step"] = "diagnosis"
+        for code, query in chosen:
+            await self.add_diagnosis(sample, code, query)
 
-            sample["step"] = "suggest"
-            rec = await self.timed_suggest()
-            sample["suggest_ms"] = rec["done"] - rec["click"]
-            sample["suggest_call_ms"] = rec["call_ms"]
-            if rec["scoring"] is not None:
-                sample["click_to_scoring_ms"] = rec["scoring"] - rec["click"]
-            rows = [r.removeprefix("suggestion-") for r in rec["rows"]]
-            sample["rows"] = len(rows)
+        sample["step"] = "suggest"
+        rec = await timed_suggest(page, ms)
+        sample["suggest_ms"] = rec["done"] - rec["click"]
+        sample["suggest_call_ms"] = rec["call_ms"]
+        if rec["scoring"] is not None:
+            sample["click_to_scoring_ms"] = rec["scoring"] - rec["click"]
+        rows = [r.removeprefix("suggestion-") for r in rec["rows"]]
+        sample["rows"] = len(rows)
 
-            sample["step"] = "accept"
-            for code in rows[: min(len(rows), self.rng.choice((1, 2)))]:
-                await tap(page, ident("accept", code), ms)
-                await wait_text(page, ident("status", code), "Accepted", ms)
-                sample["accepted"].append(code)
+        sample["step"] = "accept"
+        for code in rows[: min(len(rows), self.rng.choice((1, 2)))]:
+            await tap(page, ident("accept", code), ms)
+            await wait_text(page, ident("status", code), "Accepted", ms)
+            sample["accepted"].append(code)
 
-            sample["step"] = "save"
-            t_save = time.monotonic()
-            await tap(page, "visit-save", ms)
-            handle = await page.wait_for_function(
-                SAVE_DONE_JS, arg=["visit-status", DONE_TEXT], timeout=ms, polling=POLL_MS
-            )
-            status = await handle.json_value()
-            saved = SAVED_RE.search(status or "")
-            if saved is None:
-                raise AppError(f"Save showed {status!r}")
-            sample["save_ms"] = (time.monotonic() - t_save) * 1e3
-            sample["visit_prefix"] = saved.group(1)
-            sample["save_confirmed"] = True
-            patient["visits_believed_saved"] += 1
-            patient["visit_prefixes"].append(saved.group(1))
+        sample["step"] = "save"
+        t_save = time.monotonic()
+        await tap(page, "visit-save", ms)
+        status = await wait_saved(page, ms)
+        saved = SAVED_RE.search(status or "")
+        if saved is None:
+            raise AppError(f"Save showed {status!r}")
+        save_ms = (time.monotonic() - t_save) * 1e3
+        self.record_saved(sample, patient, saved.group(1), save_ms)
 
-            sample["step"] = "close-patient"
-            await tap(page, "close-patient", ms)
-            await wait_node(page, "new-patient-name", ms)
-            await page.wait_for_selector(
-                f"{sel('new-patient-name')} input", state="attached", timeout=ms
-            )
-            sample["step"] = "done"
-            return True
-        except asyncio.CancelledError:
-            sample["error"] = {"kind": f"cut-at-deadline:{sample['step']}", "message": ""}
-            raise
-        except Exception as exc:
-            sample["error"] = {
-                "kind": f"{error_kind(exc)}:{sample['step']}",
-                "message": short(exc),
-            }
-            with contextlib.suppress(Exception):
-                shown = await asyncio.wait_for(page.evaluate(SHOWN_JS, SHOWN_IDS), 5)
-                sample["error"]["shown"] = shown
-            with contextlib.suppress(Exception):
-                ids = await asyncio.wait_for(page.evaluate(fd.ALL_IDS_JS), 5)
-                sample["error"]["identifiers"] = ids[:60]
-            return False
-        finally:
-            sample["t_end_s"] = time.monotonic() - window_start
-            sample["visit_s"] = time.monotonic() - started
+        sample["step"] = "close-patient"
+        await tap(page, "close-patient", ms)
+        await wait_node(page, "new-patient-name", ms)
+        await page.wait_for_selector(
+            f"{sel('new-patient-name')} input", state="attached", timeout=ms
+        )
 
     async def add_diagnosis(self, sample: dict, code: str, query: str) -> None:
         """Type words of the title and pick the code from the type-ahead. When the option has
@@ -525,45 +254,6 @@ class Session(KioskSession):
         await tap(page, option, ms)
         await wait_node(page, ident("dx", "chip", code), ms)
 
-    async def timed_suggest(self) -> dict:
-        page, ms = self.page, self.step_ms
-        await page.evaluate(SUGGEST_RECORDER_JS, DONE_TEXT)
-        t_call = time.monotonic()
-        await tap(page, "visit-suggest", ms)
-        await page.wait_for_function(
-            "() => window.__kiosk && (window.__kiosk.done !== null"
-            " || window.__kiosk.failed !== null)",
-            timeout=ms,
-            polling=50,
-        )
-        call_ms = (time.monotonic() - t_call) * 1e3
-        rec = await page.evaluate("() => window.__kiosk")
-        if rec["failed"] is not None:
-            raise AppError(f"Suggest showed {rec['failed']!r}")
-        if rec["click"] is None:
-            raise HarnessError("the Suggest click never reached the page as a pointerdown")
-        rec["call_ms"] = call_ms
-        return rec
-
-
-def error_kind(exc: BaseException) -> str:
-    from playwright.async_api import TimeoutError as PlaywrightTimeoutError
-
-    if isinstance(exc, PlaywrightTimeoutError | TimeoutError):
-        return "timeout"
-    if isinstance(exc, AppError):
-        return "app-error"
-    if isinstance(exc, TypingError):
-        return "typing"
-    if isinstance(exc, HarnessError):
-        return "unexpected"
-    return type(exc).__name__
-
-
-def short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text[:limit]
-
 
 # ------------------------------------------------------------------ the whole drive
 
@@ -573,24 +263,15 @@ async def drive(args, server: AppServer, pool, hard_deadline: float) -> dict:
     from playwright.async_api import async_playwright
 
     out: dict = {"sessions": [], "browser": {}}
-    sessions = [Session(i + 1, args, server.url, pool, args.seed) for i in range(args.sessions)]
-    window: dict = {"start": None, "end": None}
-    go = asyncio.Event()
     async with async_playwright() as pw:
         t = time.monotonic()
-        browser = await fd.launch_chromium(pw)
+        browser = await launch_chromium(pw)
         out["browser"] = {"launch_s": time.monotonic() - t, "version": browser.version}
-        tasks: list[asyncio.Task] = []
+        sessions = [Session(i + 1, args, server.url, pool, browser) for i in range(args.sessions)]
         try:
-            t0 = time.monotonic()
-            tasks = [asyncio.create_task(s.run(browser, t0, go, window)) for s in sessions]
-            await fd.run_window(
+            await run_sessions(
                 out,
                 sessions,
-                tasks,
-                go,
-                window,
-                t0=t0,
                 load_backstop_s=args.load_timeout + 60,
                 seconds=args.seconds,
                 grace_s=args.grace,
@@ -599,142 +280,16 @@ async def drive(args, server: AppServer, pool, hard_deadline: float) -> dict:
                 describe=lambda exc: f"{error_kind(exc)}: {short(exc)}",
             )
         finally:
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
             for s in sessions:
                 if s.context is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(s.context.close(), 30)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(browser.close(), 60)
-    out["sessions"] = sessions
-    out["window"] = window
     return out
 
 
-# ------------------------------------------------------------------ the database check
-
-
-def check_database(db: Path, sessions: list[Session]) -> dict:
-    """Every confirmed visit present and whole; content as entered; integrity_check."""
-    report: dict = {
-        "visits_confirmed": 0,
-        "visits_in_db": 0,
-        "visits_in_db_total": 0,
-        "lost": 0,
-        "partial": 0,
-        "mismatched": 0,
-        "unconfirmed_in_db": 0,
-        "patients_attempted": 0,
-        "patients_confirmed": 0,
-        "patients_confirmed_missing": 0,
-        "patients_duplicated": 0,
-        "problems": [],
-    }
-    expected: dict[str, list[dict]] = {}
-    for s in sessions:
-        for sample in s.samples:
-            if sample.get("save_confirmed"):
-                expected.setdefault(sample["patient"], []).append(sample)
-    history = History(db)
-    try:
-        for s in sessions:
-            for patient in s.patients:
-                name = patient["name"]
-                report["patients_attempted"] += 1
-                report["patients_confirmed"] += patient["created_confirmed"]
-                rows = [r for r in history.search_patients(name) if r["display_name"] == name]
-                if len(rows) > 1:
-                    report["patients_duplicated"] += 1
-                    report["problems"].append(f"{name}: {len(rows)} patients with this name")
-                if not rows and patient["created_confirmed"]:
-                    report["patients_confirmed_missing"] += 1
-                    report["problems"].append(f"{name}: confirmed by the UI, not in the DB")
-                visits, audit_ids = [], set()
-                for row in rows:
-                    visits += history.timeline(row["id"])
-                    audit_ids |= {
-                        a["visit_id"]
-                        for a in history.audit(row["id"])
-                        if a["action"] == "save_visit"
-                    }
-                report["visits_in_db"] += len(visits)
-                by_prefix = {v["id"][:8]: v for v in visits}
-                for v in visits:
-                    whole = bool(v["suggestions"]) and bool(v["decisions"]) and v["id"] in audit_ids
-                    if not whole:
-                        report["partial"] += 1
-                        report["problems"].append(
-                            f"{name}: visit {v['id'][:8]} is partial (suggestions "
-                            f"{len(v['suggestions'])}, decisions {len(v['decisions'])}, audit "
-                            f"{v['id'] in audit_ids})"
-                        )
-                confirmed = expected.get(name, [])
-                report["visits_confirmed"] += len(confirmed)
-                matched = set()
-                for sample in confirmed:
-                    visit = by_prefix.get(sample["visit_prefix"])
-                    if visit is None:
-                        report["lost"] += 1
-                        report["problems"].append(
-                            f"{name}: confirmed visit {sample['visit_prefix']} is LOST"
-                        )
-                        continue
-                    matched.add(visit["id"])
-                    accepted = sorted(
-                        ident(c) for c, d in visit["decisions"].items() if d == "accepted"
-                    )
-                    if visit["diagnoses"] != sample["diagnoses"] or accepted != sorted(
-                        sample["accepted"]
-                    ):
-                        report["mismatched"] += 1
-                        report["problems"].append(
-                            f"{name}: visit {visit['id'][:8]} has diagnoses {visit['diagnoses']} "
-                            f"accepted {accepted}; entered {sample['diagnoses']} "
-                            f"accepted {sorted(sample['accepted'])}"
-                        )
-                report["unconfirmed_in_db"] += len([v for v in visits if v["id"] not in matched])
-        (report["visits_in_db_total"],) = history.db.conn.execute(
-            "SELECT count(*) FROM visits"
-        ).fetchone()
-    finally:
-        history.close()
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        report["integrity_check"] = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-        counts = {}
-        for table in ("patients", "visits", "suggestions", "decisions", "audit"):
-            (counts[table],) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        report["table_rows"] = counts
-    finally:
-        conn.close()
-    report["problems"] = report["problems"][:200]
-    return report
-
-
-def db_failures(db_check: dict) -> list[str]:
-    """What `check_database` found wrong, as the verdict names it."""
-    failures = [
-        f"{db_check[key]} {label}"
-        for key, label in (
-            ("lost", "lost"),
-            ("partial", "partial"),
-            ("mismatched", "mismatched"),
-            ("patients_confirmed_missing", "confirmed patients missing"),
-        )
-        if db_check[key]
-    ]
-    if db_check["integrity_check"] != ["ok"]:
-        failures.append("integrity_check not ok")
-    return failures
-
-
 # ------------------------------------------------------------------ report
-
-
-def fmt_ms(st: dict, key: str) -> str:
-    return f"{st[key]:.0f} ms" if st.get("n") else "n/a"
 
 
 def table(result: dict) -> str:
@@ -771,12 +326,7 @@ def table(result: dict) -> str:
         fmt_ms(lat, "max"),
         f"{s['visits_per_min']:.1f}",
     ]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        "| " + " | ".join(row) + " |",
-        "",
-    ]
+    lines = markdown_table(head, row)
     call = s["suggest_call_ms"]
     visit = s["visit_s"]
     lines.append(
@@ -854,77 +404,45 @@ def main() -> int:
     args = ap.parse_args()
     if args.sessions < 1 or args.seconds <= 0:
         ap.error("--sessions must be at least 1 and --seconds positive")
-    missing = fd.chromium_missing()
+    missing = chromium_missing()
     if missing:
         print(missing, file=sys.stderr)
         return 2
     bundle = args.bundle.resolve()
-    pool = fd.diagnosis_pool(bundle, DX_POOL)
+    pool = diagnosis_pool(bundle, DX_POOL)
 
-    fd.exit_on_sigterm()
+    exit_on_sigterm()
     started = time.monotonic()
-    budget = args.load_timeout + 60 + args.seconds + args.grace + 30
-    hard_deadline = started + budget
-    holder: dict = {}
-    watchdog = fd.start_watchdog(budget + 90, holder)
-
-    with tempfile.TemporaryDirectory(prefix="pocketrec-kiosk-load-") as tmp_name:
-        server = AppServer(bundle, Path(tmp_name))
-        holder["server"] = server
-        try:
-            server.start()
-            server_start_s = server.wait_ready()
-            run = asyncio.run(drive(args, server, pool, hard_deadline))
-        except (HarnessError, SetupError) as exc:
-            print(f"cannot run: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            server_rc = server.stop()
-            holder["server"] = None
-        server_log = server.log_tail(6000)
-        db_check = check_database(server.db, run["sessions"])
-    watchdog.cancel()
+    try:
+        served = serve_and_check(
+            bundle,
+            lambda server, hard_deadline: drive(args, server, pool, hard_deadline),
+            tmp_prefix="pocketrec-kiosk-load-",
+            budget_s=args.load_timeout + 60 + args.seconds + args.grace + 30,
+            log_chars=6000,
+        )
+    except (UnexpectedError, SetupError) as exc:
+        print(f"cannot run: {exc}", file=sys.stderr)
+        return 2
+    run, db_check, server_log = served["run"], served["db_check"], served["server_log"]
 
     sessions: list[Session] = run["sessions"]
-    samples = [x for s in sessions for x in s.samples]
-    visits = [x for x in samples if x.get("iteration") is not None]
-    errors = Counter(x["error"]["kind"] for x in samples if x.get("error"))
-    for s in sessions:
-        if s.load_error is not None:
-            errors[s.load_error.split(":", 1)[0] + ":load"] += 1
+    samples, visits, _ = visits_of(sessions)
     blocked: Counter[str] = Counter()
     for s in sessions:
         blocked.update(s.blocked)
-    busy, cpu_split = fd.cpu_shares(run, run["window_s"])
-    confirmed = [x for x in visits if x["save_confirmed"]]
     retries = [r for x in visits for r in x.get("typeahead_retries", [])]
-    summary = {
-        "sessions_requested": args.sessions,
-        "sessions_loaded": sum(s.loaded for s in sessions),
+    summary = common_summary(sessions, run, args.sessions, args.seconds) | {
         "load_failures": [f"session {s.index}: {s.load_error}" for s in sessions if s.load_error],
-        "load_s": fd.summarize([s.load_s for s in sessions if s.loaded]),
-        "seconds": args.seconds,
-        "window_s": run["window_s"],
         "iterations": len(visits),
-        "visits_confirmed_by_ui": len(confirmed),
         "reloads": sum(s.reloads for s in sessions),
         "typeahead_retries": len(retries),
         "typeahead_text_lost": sum(r["field_held"] != r["typed"] for r in retries),
         "retypes_on_readback": sum(x.get("retypes", 0) for x in visits),
-        "dead_sessions": [f"session {s.index}: {s.dead}" for s in sessions if s.dead],
-        "cut_at_deadline": run["cut_at_deadline"],
-        "errors_by_kind": dict(errors),
-        "suggest_ms": fd.summarize(
-            [x["suggest_ms"] for x in visits if x["suggest_ms"] is not None]
-        ),
-        "suggest_call_ms": fd.summarize(
+        "errors_by_kind": dict(Counter(e["kind"] for e in session_errors(sessions))),
+        "suggest_call_ms": summarize(
             [x["suggest_call_ms"] for x in visits if x["suggest_call_ms"] is not None]
         ),
-        "save_ms": fd.summarize([x["save_ms"] for x in confirmed]),
-        "visit_s": fd.summarize([x["visit_s"] for x in confirmed]),
-        "visits_per_min": len(confirmed) / (run["window_s"] / 60.0),
-        "machine_busy": busy,
-        "cpu_share_by_group": cpu_split,
     }
     failures = db_failures(db_check)
     verdict = "FAIL (" + ", ".join(failures) + ")" if failures else "PASS (nothing lost or partial)"
@@ -933,7 +451,7 @@ def main() -> int:
             f"; only {summary['sessions_loaded']} of {args.sessions} sessions loaded: "
             "this machine did not sustain the requested load"
         )
-    machine = fd.machine_info()
+    machine = machine_info()
     machine["chromium"] = run["browser"].get("version")
     machine["loadavg_end"] = run.get("loadavg_end")
     result = {
@@ -950,8 +468,8 @@ def main() -> int:
             "chromium_args": CHROMIUM_ARGS,
             "key_delay_ms": KEY_DELAY_MS,
             "diagnosis_pool": [{"code": c, "typed": q} for c, q in pool],
-            "server_start_s": server_start_s,
-            "server_exit_code": server_rc,
+            "server_start_s": served["server_start_s"],
+            "server_exit_code": served["server_exit_code"],
             "browser_launch_s": run["browser"].get("launch_s"),
             "load_phase_s": run.get("load_phase_s"),
             "wall_s": time.monotonic() - started,
@@ -980,11 +498,11 @@ def main() -> int:
             "type), 'unexpected' = the page "
             "showed something else than expected, 'cut-at-deadline' = still running at the end "
             "of the grace period. After an error the page is reloaded (a new Flet session).",
-            "db_check": "Server stopped, then app.history.History on the DB: patients looked up "
-            "by exact name; a confirmed visit is matched by the id prefix the UI showed; lost = "
-            "confirmed but absent; partial = any visit of these patients lacking suggestions, "
-            "decisions or its save_visit audit row; mismatched = diagnoses or accepted drugs "
-            "differ from what was entered; then PRAGMA integrity_check.",
+            "db_check": "Server stopped, then app.storage.database.History on the DB: patients "
+            "looked up by exact name; a confirmed visit is matched by the id prefix the UI "
+            "showed; lost = confirmed but absent; partial = any visit of these patients lacking "
+            "suggestions, decisions or its save_visit audit row; mismatched = diagnoses or "
+            "accepted drugs differ from what was entered; then PRAGMA integrity_check.",
             "offline": "page.route aborts every request not addressed to the app server.",
         },
         "summary": summary,
@@ -992,24 +510,13 @@ def main() -> int:
         "verdict": verdict,
         "blocked_requests": dict(blocked),
         "external_websockets": sorted({u for s in sessions for u in s.external_websockets}),
-        "sessions": [
-            {
-                "session": s.index,
-                "loaded": s.loaded,
-                "load_s": s.load_s,
-                "load_error": s.load_error,
-                "reloads": s.reloads,
-                "dead": s.dead,
-                "patients": s.patients,
-            }
-            for s in sessions
-        ],
+        "sessions": [session_record(s, reloads=s.reloads, patients=s.patients) for s in sessions],
         "samples": samples,
         "task_errors": run.get("task_errors", []),
         "server_log_tail": server_log,
     }
     result["table_markdown"] = table(result)
-    fd.write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print(result["table_markdown"])
     print(
         f"\nwrote {os.path.relpath(args.out.resolve(), ROOT)} ({result['config']['wall_s']:.0f} s)"

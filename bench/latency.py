@@ -25,9 +25,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness.measure import percentiles  # noqa: E402
+from contract.files import atomic_write_json  # noqa: E402
+
 RUNTIME_ONLY = """
 import sys, time
-from app.runtime import Recommender
+from app.medication.recommender import Recommender
 t0 = time.perf_counter()
 rec = Recommender(sys.argv[1], backend=sys.argv[2])
 r = rec.recommend(["icd9cm:4280", "icd9cm:42731"], ["icd9pcs:3893"], top_k=10)
@@ -38,11 +41,6 @@ hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()
 mods = sorted(m for m in ("torch", "transformers", "pandas") if m in sys.modules)
 print(hwm, round(load_and_first, 3), ",".join(mods) or "-")
 """
-
-
-def percentiles(samples_s: list[float]) -> dict:
-    ms = np.array(samples_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
 def time_each(fn, items, warmup: int = 3) -> list[float]:
@@ -79,14 +77,17 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from app.runtime import NumpyBackend, load_bundle, trim_padding
-    from distill.config import DataConfig
+    from app.medication.backends import NumpyBackend
+    from app.medication.bundle import load_bundle
+    from app.medication.encoding import trim_padding
+    from contract.layout import INPUT_NAMES, TensorConfig
     from distill.data import load_cohort
+    from distill.data.config import DataConfig
     from distill.data.samples import build_samples
-    from distill.data.tensors import INPUT_NAMES, MedVocabs, TensorConfig, encode_samples
-    from distill.student import load_student
-    from distill.teacher import load_teacher
-    from export.onnx import export_student
+    from distill.data.tensors import MedVocabs, encode_samples
+    from distill.medication.student import load_student
+    from distill.medication.teacher import load_teacher
+    from export.medication.graph import export_student
     from export.quantize import PRESETS, quantize
 
     torch.set_num_threads(1)
@@ -205,7 +206,6 @@ def main() -> None:
         print(f"| {k} | {cells} | {v['heavy_modules_loaded']} |")
 
     out = ROOT / "bench" / "results" / "latency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "run": str(args.run),
         "bundle": str(args.bundle),
@@ -223,9 +223,7 @@ def main() -> None:
         "speedup_int8_vs_teacher_p50": teacher_p50 / rows["ort_int8"]["batch1"]["p50_ms"],
         "teacher_prompt_tokens_max": teacher.max_length,
     }
-    tmpf = out.with_suffix(".json.tmp")
-    tmpf.write_text(json.dumps(result, indent=1))
-    os.replace(tmpf, out)
+    atomic_write_json(out, result)
 
 
 if __name__ == "__main__":

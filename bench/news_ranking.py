@@ -1,15 +1,16 @@
 """News ranking latency on the device path: one reader, 1,000 cached candidates, one thread.
 
-What is timed (batch 1, `--calls` calls, p50/p95) is `app.news_runtime.NewsRanker.rank` with
+What is timed (batch 1, `--calls` calls, p50/p95) is `app.news.ranker.NewsRanker.rank` with
 the int8 onnxruntime graphs: the user encoder on a 50-item history (the history's item vectors
 come from the SQLite-backed cache, loaded in memory), 1,000 dot products with the candidates'
 cached vectors and the top 10. Its two parts are timed on their own too. Target: p50 <= 2 ms.
 
 The bundle comes from a real run: the shipped MovieLens sample converted to MIND
 (`distill.data.movielens.movielens_to_mind`), `run_news(..., quick=True)` with the MiniLM
-teacher and `export.news.export_news_run`. The script also checks the app's tokenizer against
-the teacher's Hugging Face tokenizer on every MovieLens title (identical pieces and identical
-student ids required) and writes everything to bench/results/news_ranking.json (atomically).
+teacher and `export.news.run.export_news_run`. The script also checks the app's tokenizer
+against the teacher's Hugging Face tokenizer on every MovieLens title (identical pieces and
+identical student ids required) and writes everything to bench/results/news_ranking.json
+(atomically).
 
 Usage: python bench/news_ranking.py [--run RUN_DIR --data MIND_DIR] [--work DIR] [--calls 300]
 """
@@ -22,10 +23,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one thread for numpy's dot products too
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -38,13 +37,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import measure  # noqa: E402
+from bench.harness.measure import percentiles  # noqa: E402
+from contract.files import atomic_write_json  # noqa: E402
+
 TARGET_P50_MS = 2.0
 RESULT = ROOT / "bench" / "results" / "news_ranking.json"
-
-
-def percentiles(samples_s: list[float]) -> dict:
-    ms = np.asarray(samples_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
 def timed(fn, calls: int, warmup: int = 20) -> dict:
@@ -59,42 +57,16 @@ def timed(fn, calls: int, warmup: int = 20) -> dict:
 
 
 def machine_info() -> dict:
-    import onnxruntime
-
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The machine facts this bench reports."""
+    facts = measure.machine_info()
+    return {k: facts[k] for k in ("cpu", "cpus", "platform", "python", "onnxruntime", "numpy")}
 
 
 def build(work: Path, run: Path | None, data: Path | None) -> tuple[Path, Path, Path, dict]:
     """(MIND folder, run folder, bundle folder, seconds per stage)."""
     from distill.data.movielens import movielens_to_mind
-    from distill.news_run import run_news
-    from export.news import export_news_run
+    from distill.news.run import run_news
+    from export.news.run import export_news_run
 
     seconds = {}
     if run is None:
@@ -108,7 +80,7 @@ def build(work: Path, run: Path | None, data: Path | None) -> tuple[Path, Path, 
         seconds["run_news_quick"] = time.perf_counter() - t
     bundle = work / "bundle"
     t = time.perf_counter()
-    export_news_run(run, bundle, force=True, data_folder=data, name="news-movielens-small")
+    export_news_run(run, bundle, force=True, name="news-movielens-small")
     seconds["export"] = time.perf_counter() - t
     if data is None:
         data = Path(json.loads((run / "config.json").read_text())["data_folder"])
@@ -119,12 +91,12 @@ def tokenizer_agreement(bundle_path: Path, data: Path) -> dict:
     """App tokenizer vs the teacher's HF tokenizer on every title of the MIND folder."""
     from transformers import AutoTokenizer
 
-    from app.news_runtime import load_news_bundle
+    from app.news.bundle import load_news_bundle
+    from distill.backbone import resolve_backbone
     from distill.data.mind import load_mind
     from distill.data.vocab import Vocab
-    from distill.news_student import encode_texts
-    from distill.news_teacher import item_text
-    from distill.teacher import resolve_backbone
+    from distill.news.pieces import encode_texts
+    from distill.news.samples import item_text
 
     bundle = load_news_bundle(bundle_path)
     tok = bundle.tokenizer
@@ -165,7 +137,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
 
-    from app.news_runtime import NewsRanker, load_news_bundle
+    from app.news.bundle import load_news_bundle
+    from app.news.ranker import NewsRanker
 
     t_start = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="pocketrec-news-bench-"))
@@ -253,7 +226,7 @@ def main() -> None:
             "loadavg_1min": {"before_timing": load_before[0], "after_timing": load_after[0]},
             "wall_s": time.perf_counter() - t_start,
         }
-        write_json_atomic(args.out, result)
+        atomic_write_json(args.out, result)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -11,12 +11,12 @@ included) are copied unchanged; the column set, column order and header case are
 Because patients are drawn with replacement, the number of admissions written is close to, but
 not exactly, f x 129; the check compares the reader's counts with what was actually written.
 
-Each export is read by `python -m distill.cli data stats ... --json` in a fresh child process, twice
-per factor (round robin over the factors). Wall time is the faster of the two runs; peak RSS is the
-larger of the two. Both come from a lean wrapper process that forks and execs the child and reaps it
-with os.wait4, so the peak RSS is the kernel's ru_maxrss of that one child: no polling, no
-/usr/bin/time (see METHOD for why the wrapper is needed). Factor 1 is always run: its wall time
-stands for the fixed start-up cost (interpreter, imports, drug code tables).
+Each export is read by `python -m pocketrec.cli data stats ... --json` in a fresh child process,
+twice per factor (round robin over the factors). Wall time is the faster of the two runs; peak
+RSS is the larger of the two. Both come from a lean wrapper process that forks and execs the
+child and reaps it with os.wait4, so the peak RSS is the kernel's ru_maxrss of that one child:
+no polling, no /usr/bin/time (see METHOD for why the wrapper is needed). Factor 1 is always run:
+its wall time stands for the fixed start-up cost (interpreter, imports, drug code tables).
 
 Prints a markdown table and a line on linearity, and writes bench/results/scale.json atomically.
 """
@@ -41,6 +41,10 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contract.files import atomic_write_json  # noqa: E402
+
 DEMO = ROOT / "assets" / "data" / "mimic3_demo"
 RESULTS = ROOT / "bench" / "results" / "scale.json"
 TABLES = ["ADMISSIONS", "PATIENTS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "PRESCRIPTIONS"]
@@ -253,19 +257,14 @@ def write_resampled(folder: Path, tables: dict[str, Table], factor: int) -> dict
 # Measuring
 
 
+def stats_command(folder: str) -> list[str]:
+    """The command measured: `pocketrec data stats` on the export in `folder`."""
+    cli = [sys.executable, "-m", "pocketrec.cli", "data", "stats"]
+    return [*cli, "--path", folder, "--format", "mimic3", "--json"]
+
+
 def measure(folder: Path) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "distill.cli",
-        "data",
-        "stats",
-        "--path",
-        str(folder),
-        "--format",
-        "mimic3",
-        "--json",
-    ]
+    cmd = stats_command(str(folder))
     with tempfile.TemporaryDirectory(prefix="pocketrec-scale-run-") as tmp:
         report = Path(tmp) / "rusage.json"
         proc = subprocess.run(
@@ -383,22 +382,6 @@ def table_text(entries: list[dict]) -> str:
             f"| {e['wall_s']:.2f} | {e['rows_per_s']:,.0f} | {net} | {e['peak_rss_mib']:.1f} |"
         )
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def machine() -> dict:
@@ -557,18 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "pocketrec data stats --format mimic3 --json on resampled MIMIC-III demo",
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": [
-            sys.executable,
-            "-m",
-            "distill.cli",
-            "data",
-            "stats",
-            "--path",
-            "DIR",
-            "--format",
-            "mimic3",
-            "--json",
-        ],
+        "command": stats_command("DIR"),
         "machine": machine(),
         "method": METHOD,
         "resampling": {
@@ -583,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         "factors": entries,
         "linearity": lin,
     }
-    write_json_atomic(RESULTS, payload)
+    atomic_write_json(RESULTS, payload)
     log(f"wrote {RESULTS}")
     return 0
 
