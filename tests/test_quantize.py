@@ -147,10 +147,12 @@ def test_each_preset_writes_a_smaller_int8_model_and_its_json(fp32, tmp_path, na
     # smaller: weights are 8-bit (the embedding table too)
     assert out.stat().st_size < 0.5 * fp32.stat().st_size, record["size_ratio"]
 
-    # really integer: MatMulInteger on 8-bit weights, none of the Linear weights left float
+    # really integer: fused integer products (quantise + MatMulInteger + scale + bias in one
+    # node, as ORT's offline optimisation writes them) on 8-bit weights, no float Linear left
     ops = check_integer_ops(out)
-    assert ops["integer_ops"]["MatMulInteger"] >= 1
-    assert ops["integer_ops"]["DynamicQuantizeLinear"] >= 1
+    products = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+    assert sum(ops["integer_ops"].get(op, 0) for op in products) >= 1
+    assert "MatMulInteger" not in ops["integer_ops"]  # all fused
     assert ops["integer_ops"]["DequantizeLinear"] >= 1  # the quantized Gathers
     assert ops["float_weight_matmuls"] == 0
     model = onnx.load(str(out))
@@ -158,14 +160,21 @@ def test_each_preset_writes_a_smaller_int8_model_and_its_json(fp32, tmp_path, na
     weight_types = {
         inits[n.input[1]].data_type
         for n in model.graph.node
-        if n.op_type == "MatMulInteger" and n.input[1] in inits
+        if n.op_type in products and n.input[1] in inits
     }
     want = onnx.TensorProto.INT8 if preset.weight_type == "int8" else onnx.TensorProto.UINT8
     assert weight_types == {want}
+    opt = record["optimization"]
+    assert opt["enabled"] and opt["passes"]["gelu_fused"] >= 1
+    assert opt["nodes"]["shipped"] < opt["nodes"]["quantized"]
+    assert opt["nodes"]["shipped"] < opt["nodes"]["fp32"]
 
     # same interface as the fp32 graph: opset, names, symbolic axes; the preset in metadata
     src = onnx.load(str(fp32))
-    assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
+    assert [(o.domain, o.version) for o in model.opset_import] == [
+        ("", OPSET),
+        ("com.microsoft", 1),
+    ]
     assert [i.name for i in model.graph.input] == [i.name for i in src.graph.input]
     assert [str(i.type) for i in model.graph.input] == [str(i.type) for i in src.graph.input]
     assert [o.name for o in model.graph.output] == [o.name for o in src.graph.output]
@@ -179,6 +188,22 @@ def test_each_preset_writes_a_smaller_int8_model_and_its_json(fp32, tmp_path, na
         want32, got8 = run_onnx(fp32, x), run_onnx(out, x)
         assert got8["logits"].shape == (b, CFG.n_labels)
         assert np.abs(got8["logits"] - want32["logits"]).max() < 0.5
+
+
+def test_plain_quantization_without_optimize_is_standard_onnx(fp32, tmp_path):
+    out = tmp_path / "plain.onnx"
+    record = quantize(fp32, out, "avx2", optimize=False)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
+    assert record["optimization"]["enabled"] is False
+    assert check_integer_ops(out)["integer_ops"]["MatMulInteger"] >= 1
+    x = feeds(3, 4, seed=5)
+    fused = tmp_path / "fused.onnx"
+    quantize(fp32, fused, "avx2")
+    # the optimised graph computes the same int8 function (same weights, same quantisation)
+    a, b = run_onnx(out, x), run_onnx(fused, x)
+    assert np.abs(a["logits"] - b["logits"]).max() < 0.05
 
 
 def test_without_gather_the_table_stays_float_and_the_file_is_bigger(fp32, tmp_path):
