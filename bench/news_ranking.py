@@ -88,7 +88,16 @@ def build(work: Path, run: Path | None, data: Path | None) -> tuple[Path, Path, 
 
 
 def tokenizer_agreement(bundle_path: Path, data: Path) -> dict:
-    """App tokenizer vs the teacher's HF tokenizer on every title of the MIND folder."""
+    """The app's tokenizers (the `tokenizers` library on the bundle's tokenizer.json, and the
+    pure-Python fallback) vs the teacher's HF tokenizer on every title of the MIND folder:
+    the library one's figures at the top level, the fallback's under "python_fallback"."""
+    out = _agreement(bundle_path, data, prefer_library=True)
+    if out.get("backend") == "tokenizers":
+        out["python_fallback"] = _agreement(bundle_path, data, prefer_library=False)
+    return out
+
+
+def _agreement(bundle_path: Path, data: Path, prefer_library: bool) -> dict:
     from transformers import AutoTokenizer
 
     from app.news.bundle import load_news_bundle
@@ -98,13 +107,13 @@ def tokenizer_agreement(bundle_path: Path, data: Path) -> dict:
     from distill.news.pieces import encode_texts
     from distill.news.samples import item_text
 
-    bundle = load_news_bundle(bundle_path)
+    bundle = load_news_bundle(bundle_path, prefer_library_tokenizer=prefer_library)
     tok = bundle.tokenizer
     source = resolve_backbone(bundle.manifest["teacher"]["backbone"])
     hf = AutoTokenizer.from_pretrained(source, local_files_only=Path(source).is_dir())
     vocab = Vocab.from_json(tok.pieces)
     items = load_mind(data).items
-    out = {}
+    out: dict = {"backend": tok.backend}
     for kind, texts in (
         ("titles", [it.title for it in items.values()]),
         ("category_title_texts", [item_text(it) for it in items.values()]),
@@ -242,11 +251,15 @@ def main() -> None:
         print(f"| {names[key]} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} |")
     print(f"\ntarget p50 <= {TARGET_P50_MS:g} ms: {verdict} (p50 {p50:.3f} ms)")
     print(f"load average (1 min) before/after timing: {load_before[0]:.2f} / {load_after[0]:.2f}")
-    for kind, a in agreement.items():
-        print(
-            f"tokenizer vs HF on {a['texts']:,} {kind}: {a['identical_pieces']:,} identical "
-            f"pieces, {a['identical_student_ids']:,} identical student ids"
-        )
+    for label, agree in (("", agreement), (" (python fallback)", agreement.get("python_fallback"))):
+        for kind, a in (agree or {}).items():
+            if not isinstance(a, dict) or "texts" not in a:
+                continue
+            print(
+                f"tokenizer{label} [{agree.get('backend')}] vs HF on {a['texts']:,} {kind}: "
+                f"{a['identical_pieces']:,} identical pieces, {a['identical_student_ids']:,} "
+                "identical student ids"
+            )
     print(f"bundle: {result['bundle']['total_bytes']:,} bytes; wrote {args.out}")
 
 

@@ -31,7 +31,8 @@ MAY_IMPORT = {
 }
 THIRD_PARTY = {
     "contract": {"numpy"},
-    "app": {"numpy", "flet", "sqlite_utils", "onnxruntime"},
+    # tokenizers is optional: the news runtime falls back to its pure-Python WordPiece
+    "app": {"numpy", "flet", "sqlite_utils", "onnxruntime", "tokenizers"},
 }
 DOMAINS = ("medication", "news")
 MAX_LINES = 600

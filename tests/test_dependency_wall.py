@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
 SHIPPED = (ROOT / "app", ROOT / "contract")  # what the app build carries
-ALLOWED_THIRD_PARTY = {"flet", "sqlite_utils", "onnxruntime", "numpy"}
+ALLOWED_THIRD_PARTY = {"flet", "sqlite_utils", "onnxruntime", "numpy", "tokenizers"}
 ALLOWED = set(sys.stdlib_module_names) | ALLOWED_THIRD_PARTY | {"app", "contract"}
 BLOCKED = (
     "torch",

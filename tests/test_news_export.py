@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +31,7 @@ from contract.bundle import (  # noqa: E402
     CATALOG_FILE,
     ITEM_FILE,
     PIECES_FILE,
+    PIECES_FORMAT,
     USER_FILE,
     BundleError,  # noqa: E402
 )
@@ -39,7 +41,7 @@ from export.news.tokenizer import tokenizer_spec  # noqa: E402
 from export.onnx import ExportError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_FILES = {ITEM_FILE, USER_FILE, PIECES_FILE, CATALOG_FILE, "card.md"}
+BUNDLE_FILES = {ITEM_FILE, USER_FILE, PIECES_FILE, CATALOG_FILE, "card.md", "tokenizer.json"}
 
 
 @pytest.fixture(autouse=True)
@@ -143,6 +145,43 @@ def test_minilm_tokenizer_agrees_with_hf_on_every_movielens_title():
     differ = [(t, tok.tokenize(t), hf.tokenize(t)) for t in texts]
     differ = [d for d in differ if d[1] != d[2]]
     assert len(movies) == 9742 and differ == []
+
+
+def test_library_tokenizer_agrees_with_the_python_one_on_every_movielens_title():
+    """The app's two tokenizers, the `tokenizers` library on tokenizer.json and the pure-Python
+    fallback on pieces.json, give the same pieces and ids on the whole MovieLens catalog."""
+    pytest.importorskip("tokenizers")
+    from app.news.tokenizer import LibraryTokenizer
+
+    hf = _minilm()
+    spec = tokenizer_spec(hf)
+    pieces = {"<pad>": 0, "<unk>": 1, "the": 2, "##s": 3, "star": 4, "war": 5, "(": 6, ")": 7}
+    python = PieceTokenizer(spec, pieces, 16)
+    library = LibraryTokenizer(hf.backend_tokenizer.to_str(), pieces, 16)
+    assert (python.backend, library.backend) == ("python", "tokenizers")
+    movies = _movielens_titles()
+    texts = [t for t, _ in movies] + [f"{g}: {t}" for t, g in movies] + TRICKY
+    differ = [t for t in texts if library.tokenize(t) != python.tokenize(t)]
+    assert len(movies) == 9742 and differ == []
+    assert all(library.encode(t) == python.encode(t) for t in texts)
+    assert library.encode_item("Star Wars (1977)", "Action") == python.encode_item(
+        "Star Wars (1977)", "Action"
+    )
+
+
+def test_make_tokenizer_falls_back_without_the_library_or_the_file(monkeypatch):
+    from app.news import tokenizer as app_tok
+
+    doc = {
+        "format": PIECES_FORMAT,
+        "tokenizer": SPEC,
+        "pieces": {"<pad>": 0, "<unk>": 1},
+        "max_tokens": 4,
+    }
+    assert app_tok.make_tokenizer(doc, None).backend == "python"  # an old bundle
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # a platform without the library
+    assert not app_tok.tokenizers_available()
+    assert app_tok.make_tokenizer(doc, "{}").backend == "python"
 
 
 def test_unsupported_tokenizers_are_refused():
@@ -311,6 +350,32 @@ def test_app_tokenizer_matches_hf_on_every_generated_title(news):
         ids = tok.encode_item(item.title, item.category)
         row = news.corpus.tokens[k + 1]
         assert ids == row[: np.count_nonzero(row)].tolist()
+
+
+@pytest.mark.slow
+def test_bundle_carries_tokenizer_json_and_both_tokenizers_agree_on_the_catalog(news, tmp_path):
+    pytest.importorskip("tokenizers")
+    from contract.bundle import MANIFEST_FILE
+
+    bundle = load_news_bundle(news.bundle)
+    assert bundle.manifest["tokenizer_json"] == "tokenizer.json"
+    assert "tokenizer.json" in bundle.manifest["files"]
+    assert bundle.tokenizer.backend == "tokenizers"
+    python = load_news_bundle(news.bundle, prefer_library_tokenizer=False).tokenizer
+    assert python.backend == "python"
+    for item in news.items.values():  # the whole catalog, pieces and the student's ids
+        text = item_text(item.title, item.category)
+        assert bundle.tokenizer.tokenize(text) == python.tokenize(text), text
+        assert bundle.tokenizer.encode(text) == python.encode(text), text
+
+    # a bundle from before tokenizer.json (no file, no manifest key) still loads
+    old = tmp_path / "old"
+    shutil.copytree(news.bundle, old)
+    manifest = json.loads((old / MANIFEST_FILE).read_text())
+    del manifest["tokenizer_json"], manifest["files"]["tokenizer.json"]
+    (old / "tokenizer.json").unlink()
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert load_news_bundle(old).tokenizer.backend == "python"
 
 
 @pytest.mark.slow

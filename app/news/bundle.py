@@ -1,6 +1,10 @@
 """A news bundle, verified and parsed: the two int8 encoders, the piece tokenizer and the
 catalog with its cold-start counts.
 
+The tokenizer: the bundle's `tokenizer.json` (the teacher's own, manifest key "tokenizer_json")
+in the `tokenizers` library where it imports, else the pure-Python one that pieces.json
+describes (bundles from before tokenizer.json still load: they get the pure-Python one).
+
 `load_news_bundle(path)` checks the manifest (format "pocketrec-bundle/1", domain "news", every
 listed file present with the right sha256, every required file listed: `contract.bundle`)
 before it parses anything, then reads the piece vocabulary and the catalog.
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.news.tokenizer import PieceTokenizer, item_text
+from app.news.tokenizer import LibraryTokenizer, PieceTokenizer, item_text, make_tokenizer
 from contract.bundle import MANIFEST_FILE, BundleError, read_json, read_manifest, verify_files
 
 DOMAIN = "news"
@@ -40,7 +44,7 @@ class NewsBundle:
     path: Path
     manifest: dict
     sha: str  # sha256 of manifest.json: names this bundle in the item-vector cache
-    tokenizer: PieceTokenizer = field(repr=False)
+    tokenizer: PieceTokenizer | LibraryTokenizer = field(repr=False)
     catalog: dict[str, CatalogItem] = field(repr=False)
     item_model_path: Path
     user_model_path: Path
@@ -126,11 +130,27 @@ def _cold_start(manifest: dict) -> dict:
     return {"now": None if now is None else float(now), "half_life_hours": float(half)}
 
 
-def load_news_bundle(path: str | Path) -> NewsBundle:
+def _tokenizer_json(folder: Path, manifest: dict) -> str | None:
+    """The text of the bundle's tokenizer.json, verified like every listed file; None for a
+    bundle without one."""
+    name = manifest.get("tokenizer_json")
+    if name is None:
+        return None
+    if name not in (manifest.get("files") or {}):
+        raise BundleError(f"{MANIFEST_FILE}: tokenizer_json {name!r} is not listed in 'files'")
+    try:
+        return (folder / name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{name}: cannot read it ({e})") from e
+
+
+def load_news_bundle(path: str | Path, prefer_library_tokenizer: bool = True) -> NewsBundle:
     """Verify, then read, the news bundle directory at `path`; BundleError says what is wrong.
 
     Nothing is parsed before the manifest's format and domain are known and every listed file's
     sha256 has been checked. Files the manifest does not list are ignored.
+    `prefer_library_tokenizer`: use tokenizer.json in the `tokenizers` library when both are
+    there (False: always the pure-Python tokenizer).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -150,7 +170,11 @@ def load_news_bundle(path: str | Path) -> NewsBundle:
     )
     max_history = _positive_int(manifest.get("max_history"), f"{MANIFEST_FILE}: max_history")
 
-    tokenizer = PieceTokenizer.from_document(read_json(folder, roles["pieces"]))
+    tokenizer = make_tokenizer(
+        read_json(folder, roles["pieces"]),
+        _tokenizer_json(folder, manifest),
+        prefer_library=prefer_library_tokenizer,
+    )
     if len(tokenizer.pieces) != vocab_size:
         raise BundleError(
             f"{roles['pieces']}: {len(tokenizer.pieces)} pieces, but the item encoder was built "

@@ -1,5 +1,13 @@
 """Title text -> the news student's piece ids, without transformers.
 
+Two implementations of one interface (`pieces`, `max_tokens`, `tokenize`, `encode`,
+`encode_item`, `backend`): `LibraryTokenizer` runs the teacher's own `tokenizer.json` (carried
+by bundles since issue 14) in Hugging Face's `tokenizers` library, exactly the tokenizer the
+training side used, where that library installs (desktop, kiosk); `PieceTokenizer` below is
+the pure-Python fallback for platforms without it (and for older bundles without
+tokenizer.json). `make_tokenizer` picks one. tests/test_news_export.py checks that the two give
+the same pieces on the whole catalog.
+
 The teacher tokenizer is described as data in the bundle's pieces.json (normalizer steps,
 pre-tokenizer, WordPiece or WordLevel vocabulary, special tokens) and re-implemented here --
 BERT's basic tokenizer (clean-up, CJK spacing, accent stripping, lower-casing, whitespace and
@@ -24,7 +32,13 @@ from contract.layout import PAD_ID, UNK_ID
 
 PAD, UNK = "<pad>", "<unk>"
 
-__all__ = ["PieceTokenizer", "item_text"]
+__all__ = [
+    "LibraryTokenizer",
+    "PieceTokenizer",
+    "item_text",
+    "make_tokenizer",
+    "tokenizers_available",
+]
 
 # Rust's char::is_whitespace (the Unicode White_Space property), which the tokenizers library
 # uses; Python's str.isspace also counts U+001C..U+001F, which it does not.
@@ -199,6 +213,8 @@ class PieceTokenizer:
         )
         self._cache: dict[str, list[str]] = {}
 
+    backend = "python"
+
     @classmethod
     def from_document(cls, doc: Any) -> PieceTokenizer:
         """From the content of pieces.json."""
@@ -284,3 +300,58 @@ def item_text(title: str, category: str = "") -> str:
     category = (category or "").strip()
     title = (title or "").strip()
     return f"{category}: {title}" if category else title
+
+
+# --------------------------------------------------------------------------- the library
+
+
+def tokenizers_available() -> bool:
+    """Whether Hugging Face's `tokenizers` library imports here (optional on the device)."""
+    try:
+        import tokenizers  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+class LibraryTokenizer:
+    """The teacher's `tokenizer.json` in the `tokenizers` library, mapped to the student's
+    piece ids as `PieceTokenizer` maps them (same `pieces`, `max_tokens`, interface)."""
+
+    backend = "tokenizers"
+
+    def __init__(self, tokenizer_json: str, pieces: Mapping[str, int], max_tokens: int):
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # the library raises its own exception type
+            raise BundleError(f"tokenizer.json: the tokenizers library cannot read it ({e})") from e
+        tok.no_truncation()
+        tok.no_padding()
+        self._tok = tok
+        self.pieces = dict(pieces)
+        self.max_tokens = max_tokens
+
+    def tokenize(self, text: str) -> list[str]:
+        """The pieces the teacher's ``tokenizer.tokenize(text)`` gives."""
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str) -> list[int]:
+        get = self.pieces.get
+        return [get(p, UNK_ID) for p in self.tokenize(text)[: self.max_tokens]]
+
+    def encode_item(self, title: str, category: str = "") -> list[int]:
+        return self.encode(item_text(title, category))
+
+
+def make_tokenizer(
+    pieces_doc: Any, tokenizer_json: str | None = None, prefer_library: bool = True
+) -> PieceTokenizer | LibraryTokenizer:
+    """The bundle's tokenizer: the library one when `tokenizer_json` is given, `prefer_library`
+    and `tokenizers` imports; else the pure-Python one. pieces.json is always checked (it holds
+    the student's vocabulary either way)."""
+    python = PieceTokenizer.from_document(pieces_doc)
+    if tokenizer_json is None or not prefer_library or not tokenizers_available():
+        return python
+    return LibraryTokenizer(tokenizer_json, python.pieces, python.max_tokens)

@@ -3,8 +3,12 @@ activity, the manifest entries, and writing the folder.
 
 ```
 manifest.json  item_encoder.int8.onnx  user_encoder.int8.onnx  pieces.json  catalog.json.gz
-card.md
+card.md  tokenizer.json
 ```
+
+`tokenizer.json` is the teacher's own Hugging Face tokenizer file (manifest key
+"tokenizer_json"): the app runs it in the `tokenizers` library where that installs, and falls
+back to the pure-Python tokenizer pieces.json describes where it does not.
 
 `catalog.json.gz` maps item id -> {title, category, clicks, seen}: `clicks` (positive labels in
 the training and validation impressions) and `seen` (unix time first seen) feed the app's
@@ -25,7 +29,10 @@ from distill.news.evaluate import format_number as _fmt
 from distill.news.pieces import TEXT_TEMPLATE
 from export.news.parity import TOP_K
 
+TOKENIZER_FILE = "tokenizer.json"
+
 __all__ = [
+    "TOKENIZER_FILE",
     "catalog_document",
     "cold_start_settings",
     "model_card",
@@ -151,6 +158,9 @@ def write_bundle(out_dir: Path, files: dict[str, Path], documents: dict, manifes
         for name, src in files.items():
             shutil.copyfile(src, tmp / name)
         (tmp / PIECES_FILE).write_text(json_text(documents["pieces"], compact=True), "utf-8")
+        if documents.get("tokenizer_json") is not None:
+            (tmp / TOKENIZER_FILE).write_text(documents["tokenizer_json"], encoding="utf-8")
+            manifest["tokenizer_json"] = TOKENIZER_FILE
         raw = json.dumps(documents["catalog"], separators=(",", ":"), ensure_ascii=False)
         (tmp / CATALOG_FILE).write_bytes(gzip.compress(raw.encode("utf-8"), mtime=0))
         (tmp / CARD_FILE).write_text(model_card(manifest), encoding="utf-8")

@@ -229,6 +229,7 @@ def _export(run: _Run, out_dir: Path, preset: str, name: str) -> dict:
         documents = {
             "pieces": pieces,
             "catalog": catalog_document(catalog, inputs.items, inputs.clicks, inputs.seen),
+            "tokenizer_json": hf.backend_tokenizer.to_str(),
         }
         manifest["cold_start"] = cold_start_settings(inputs.seen)
         write_bundle(
