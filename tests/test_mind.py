@@ -163,6 +163,58 @@ def test_unknown_candidates_skip_the_impression(tmp_path):
     assert data.report.unknown_candidate_ids == 1 and data.report.behavior_rows == 4
 
 
+def test_unknown_candidates_can_be_dropped_instead_and_are_counted(tmp_path):
+    behaviors = BEHAVIORS + (
+        "4\tU3\t11/14/2019 1:00:00 PM\tN1 N8\tN1-1 N7-0 N9-0\n"  # unknown negatives
+        "5\tU3\t11/15/2019 1:00:00 PM\tN1\tN2-0 N7-1\n"  # its only click unknown
+        "6\tU3\t11/16/2019 1:00:00 PM\tN1\tN7-1 N9-0\n"  # no candidate known
+        "7\tU4\t11/17/2019 1:00:00 PM\t\tN3-1 N7-1 N2-0\n"  # one of two clicks unknown
+    )
+    data = load_mind(_write(tmp_path, behaviors=behaviors), unknown_candidates="drop")
+    kept = {i.impression_id: i for i in data.impressions}
+    assert sorted(kept) == ["1", "2", "3", "4", "7"]
+    assert kept["4"].candidates == ("N1",) and kept["4"].labels == (1,)
+    assert kept["4"].history == ("N1",)  # unknown history ids are dropped as always
+    assert kept["7"].candidates == ("N3", "N2") and kept["7"].labels == (1, 0)
+    r = data.report
+    assert r.unknown_candidates == "drop"
+    assert r.unknown_candidate_ids == 2 + 1 + 2 + 1
+    assert r.dropped_candidate_ids == 3 and r.dropped_clicks == 1
+    assert r.impressions_with_dropped_candidates == 2
+    assert r.skipped == {
+        "every clicked candidate not in news.tsv": 1,
+        "no candidate in news.tsv": 1,
+    }
+    d = r.as_dict()
+    assert d["dropped_candidate_ids"] == 3 and d["unknown_candidates"] == "drop"
+    assert "3 unknown candidates dropped (1 clicked) from 2 impressions" in r.summary()
+    with pytest.raises(ValueError, match="unknown_candidates must be one of skip, drop"):
+        load_mind(tmp_path, unknown_candidates="keep")
+
+
+def test_no_impression_left_prints_the_counts_and_the_way_out(tmp_path):
+    """A news.tsv lacking rows for many ids (as a public MINDsmall sample does)."""
+    folder = generate_mind(tmp_path / "mind", n_users=20, n_items=60, n_impressions=200)
+    news = (folder / "news.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "news.tsv").write_text("".join(news[::3]), encoding="utf-8")  # 2 in 3 rows gone
+    with pytest.raises(DataError) as err:
+        load_mind(folder)
+    msg = str(err.value)
+    assert "no impressions left after reading (20 news rows; 200 impressions read; 0 kept" in msg
+    assert "skipped: 200 candidate not in news.tsv" in msg
+    assert "candidate ids not in news.tsv" in msg and "unknown ids e.g. N" in msg
+    assert "--mind-unknown drop" in msg
+    data = load_mind(folder, unknown_candidates="drop")
+    r = data.report
+    assert 0 < r.impressions == len(data.impressions) < 200
+    assert r.impressions + sum(r.skipped.values()) == 200
+    assert r.dropped_candidate_ids > 0
+    known = {line.split("\t")[0] for line in news[::3]}
+    for imp in data.impressions:
+        assert set(imp.candidates) <= known and set(imp.history) <= known
+        assert 1 in imp.labels
+
+
 def test_unlabeled_impressions_are_opt_in(tmp_path):
     behaviors = "1\tU1\t11/11/2019 9:05:58 AM\tN3\tN1 N2\n"
     _write(tmp_path, behaviors=behaviors)

@@ -20,8 +20,15 @@ What the reader does with problems:
   empty id, a token that is not "id-0" / "id-1", an unparsable time, an empty impression list, a
   duplicate news id or impression id, a line that is not UTF-8.
 - Counted in `MindReport` (the reader goes on): a history id missing from news.tsv is dropped from
-  that history; an impression with a candidate missing from news.tsv is skipped whole (dropping
-  just the candidate could drop its click); blank lines.
+  that history; an impression with a candidate missing from news.tsv is skipped whole by default
+  (`unknown_candidates="skip"`: dropping just the candidate could drop its click); blank lines.
+- `unknown_candidates="drop"` (`pocketrec ... --format mind --mind-unknown drop`), for samples
+  whose news.tsv lacks rows for many ids (a public MINDsmall sample does): the unknown
+  candidates are dropped from the impression instead and counted (`dropped_candidate_ids`,
+  `dropped_clicks`, `impressions_with_dropped_candidates`); an impression left with no candidate,
+  or with no click when it had one, is still skipped and counted under its own reason.
+- When nothing is left, the error prints the counts (rows read, the skips by reason, unknown
+  ids with examples) and says how to keep such impressions.
 - Unlabeled impressions (the MIND test split writes "N123" with no label) are rejected by default
   with an error that says how to accept them: `allow_unlabeled=True` reads them with label -1.
   One impression is either fully labeled or fully unlabeled.
@@ -39,19 +46,19 @@ import random
 import re
 import tempfile
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from distill.data.mind_report import MindReport
 from distill.data.records import Impression
 from distill.data.tables import DataError
 
 UNLABELED = -1
 NEWS_FIELDS = (5, 8)  # fewest and most fields a news.tsv row may have
 BEHAVIOR_FIELDS = 5
-EXAMPLES_KEPT = 50  # distinct unknown ids remembered as examples in the report
+UNKNOWN_CANDIDATES = ("skip", "drop")  # what to do with an impression's unknown candidates
 
 _MIND_TIME = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4}) (\d{1,2}):(\d{2}):(\d{2}) ([AP]M)")
 _CANONICAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
@@ -64,48 +71,6 @@ class NewsItem:
     subcategory: str
     title: str
     abstract: str
-
-
-@dataclass(slots=True)
-class MindReport:
-    """What the reader saw besides the kept impressions."""
-
-    news_file: str = ""
-    behaviors_file: str = ""
-    news_rows: int = 0
-    behavior_rows: int = 0
-    impressions: int = 0  # kept
-    blank_lines: int = 0
-    empty_histories: int = 0  # kept impressions whose history is empty (after dropping unknowns)
-    unlabeled_impressions: int = 0
-    impressions_without_click: int = 0  # labeled, kept, no candidate clicked
-    unknown_history_ids: int = 0  # history entries dropped because news.tsv lacks them
-    impressions_with_unknown_history: int = 0
-    unknown_candidate_ids: int = 0  # candidate entries missing from news.tsv
-    skipped: Counter = field(default_factory=Counter)  # reason -> impressions skipped
-    unknown_examples: Counter = field(default_factory=Counter)  # unknown id -> occurrences
-
-    def note_unknown(self, item_id: str) -> None:
-        if item_id in self.unknown_examples or len(self.unknown_examples) < EXAMPLES_KEPT:
-            self.unknown_examples[item_id] += 1
-
-    def as_dict(self) -> dict:
-        return {
-            "news_file": self.news_file,
-            "behaviors_file": self.behaviors_file,
-            "news_rows": self.news_rows,
-            "behavior_rows": self.behavior_rows,
-            "impressions": self.impressions,
-            "blank_lines": self.blank_lines,
-            "empty_histories": self.empty_histories,
-            "unlabeled_impressions": self.unlabeled_impressions,
-            "impressions_without_click": self.impressions_without_click,
-            "unknown_history_ids": self.unknown_history_ids,
-            "impressions_with_unknown_history": self.impressions_with_unknown_history,
-            "unknown_candidate_ids": self.unknown_candidate_ids,
-            "skipped": dict(self.skipped),
-            "unknown_examples": dict(self.unknown_examples.most_common()),
-        }
 
 
 @dataclass(slots=True)
@@ -310,16 +275,24 @@ def read_behaviors(
     items: dict[str, NewsItem] | None = None,
     report: MindReport | None = None,
     allow_unlabeled: bool = False,
+    unknown_candidates: str = "skip",
 ) -> Iterator[Impression]:
     """Stream the impressions of a behaviors.tsv, line by line.
 
     With `items`, history ids missing from it are dropped and counted, and impressions with a
-    candidate missing from it are skipped and counted; `report` collects the counts as the
-    iterator runs.
+    candidate missing from it are skipped and counted (`unknown_candidates="skip"`) or lose
+    those candidates, counted (`"drop"`; see the module docstring); `report` collects the counts
+    as the iterator runs.
     """
+    if unknown_candidates not in UNKNOWN_CANDIDATES:
+        raise ValueError(
+            f"unknown_candidates must be one of {', '.join(UNKNOWN_CANDIDATES)}; "
+            f"got {unknown_candidates!r}"
+        )
     path = Path(path)
     report = report if report is not None else MindReport()
     report.behaviors_file = str(path)
+    report.unknown_candidates = unknown_candidates
     first_line: dict[str, int] = {}
     for n, line in _lines(path):
         if not line.strip():
@@ -337,10 +310,31 @@ def read_behaviors(
             unknown = [c for c in imp.candidates if c not in items]
             if unknown:
                 report.unknown_candidate_ids += len(unknown)
-                report.skipped["candidate not in news.tsv"] += 1
                 for c in unknown:
                     report.note_unknown(c)
-                continue
+                if unknown_candidates == "skip":
+                    report.skipped["candidate not in news.tsv"] += 1
+                    continue
+                pairs = [(c, y) for c, y in zip(imp.candidates, imp.labels, strict=True)]
+                known = [(c, y) for c, y in pairs if c in items]
+                lost_clicks = sum(1 for c, y in pairs if c not in items and y == 1)
+                if not known:
+                    report.skipped["no candidate in news.tsv"] += 1
+                    continue
+                if lost_clicks and not any(y == 1 for _, y in known):
+                    report.skipped["every clicked candidate not in news.tsv"] += 1
+                    continue
+                report.dropped_candidate_ids += len(unknown)
+                report.dropped_clicks += lost_clicks
+                report.impressions_with_dropped_candidates += 1
+                imp = Impression(
+                    imp.impression_id,
+                    imp.user_id,
+                    imp.time,
+                    imp.history,
+                    tuple(c for c, _ in known),
+                    tuple(y for _, y in known),
+                )
             kept = tuple(h for h in imp.history if h in items)
             if len(kept) != len(imp.history):
                 report.unknown_history_ids += len(imp.history) - len(kept)
@@ -386,14 +380,33 @@ def mind_folder(folder: Path, split: str | None = None) -> Path:
     return folder
 
 
-def load_mind(folder: Path, split: str | None = None, allow_unlabeled: bool = False) -> NewsData:
-    """Read news.tsv and behaviors.tsv of `folder` (or of `folder`/`split`)."""
+def load_mind(
+    folder: Path,
+    split: str | None = None,
+    allow_unlabeled: bool = False,
+    unknown_candidates: str = "skip",
+) -> NewsData:
+    """Read news.tsv and behaviors.tsv of `folder` (or of `folder`/`split`).
+
+    `unknown_candidates`: "skip" (default) an impression with a candidate missing from
+    news.tsv, or "drop" just those candidates (see the module docstring). Raises `DataError`
+    with the counts when no impression is left."""
     where = mind_folder(folder, split)
     report = MindReport()
     items = read_news(find_tsv(where, "news"), report)
-    impressions = list(read_behaviors(find_tsv(where, "behaviors"), items, report, allow_unlabeled))
+    impressions = list(
+        read_behaviors(
+            find_tsv(where, "behaviors"), items, report, allow_unlabeled, unknown_candidates
+        )
+    )
     if not impressions:
-        raise DataError(f"{where}: no impressions left after reading (see the skip counts)")
+        hint = ""
+        if unknown_candidates == "skip" and report.skipped.get("candidate not in news.tsv"):
+            hint = (
+                "; to keep such impressions without their unknown candidates, pass "
+                "--mind-unknown drop (unknown_candidates='drop')"
+            )
+        raise DataError(f"{where}: no impressions left after reading ({report.summary()}){hint}")
     return NewsData(items, impressions, report)
 
 

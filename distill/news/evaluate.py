@@ -133,6 +133,13 @@ def report_markdown(report: dict) -> str:
     ]
     if report.get("quick"):
         lines.insert(2, f"Quick run: {report['quick']}.\n")
+    data = report.get("data_report") or {}
+    if data.get("dropped_candidate_ids") or data.get("skipped"):
+        lines += [
+            f"Data as read (MIND reader, unknown candidates: "
+            f"`{data.get('unknown_candidates', 'skip')}`): " + data_summary(data) + ".",
+            "",
+        ]
     if report.get("export"):  # the pipeline's report: the run's, plus its export
         e, size = report["export"], sum(report.get("size_bytes", {}).values())
         p = {k: format_number(v) for k, v in (e.get("parity") or {}).items()}
@@ -145,6 +152,27 @@ def report_markdown(report: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def data_summary(data: dict) -> str:
+    """What the MIND reader skipped and dropped, from a report's `data_report`."""
+    parts = [
+        f"{data.get('behavior_rows', '?')} impressions read, {data.get('impressions', '?')} kept"
+    ]
+    for why, n in (data.get("skipped") or {}).items():
+        parts.append(f"{n} skipped ({why})")
+    if data.get("dropped_candidate_ids"):
+        parts.append(
+            f"{data['dropped_candidate_ids']} candidates not in news.tsv dropped "
+            f"({data.get('dropped_clicks', 0)} of them clicked) from "
+            f"{data.get('impressions_with_dropped_candidates', '?')} impressions"
+        )
+    if data.get("unknown_history_ids"):
+        parts.append(
+            f"{data['unknown_history_ids']} history ids not in news.tsv dropped from "
+            f"{data.get('impressions_with_unknown_history', '?')} histories"
+        )
+    return "; ".join(parts)
 
 
 def format_number(x: Any, spec: str = ".4f") -> str:
