@@ -81,7 +81,15 @@ def test_run_news_on_generated_data(tmp_path):
     assert json.loads((out / "report.json").read_text()) == report
     md = (out / "report.md").read_text()
     assert "bootstrap" in md and "student_kd" in md
-    assert log.lines[0].startswith("data:") and "| popularity |" in "\n".join(log.lines)
+    # progress a person can follow: a bar per stage, the students' epochs with their
+    # validation AUC, an overall share and ETA on every bar line
+    assert log.lines[0].startswith("data  [") and "started" in log.lines[0]
+    assert log.lines[1].startswith("data:") and "| popularity |" in "\n".join(log.lines)
+    bars = [line for line in log.lines if "] " in line and "| all " in line]
+    for step in ("teacher", "teacher vectors", "student_kd", "student_nokd", "evaluate"):
+        assert any(line.startswith(f"{step}  [") for line in bars), step
+    assert any("epoch 1/3: val auc" in line for line in bars)
+    assert bars[-1].startswith("evaluate  [############] 100% done | all 100%")
 
     # the files the student side and the app read
     n = sum(report["impressions"].values())

@@ -75,6 +75,7 @@ def run_news(
     bootstrap: int = 5,
     threads: int | None = None,
     source: str | None = None,
+    unknown_candidates: str = "skip",
 ) -> dict:
     """Run the news job (see the module docstring); returns the report it writes.
 
@@ -86,6 +87,9 @@ def run_news(
     `distill.teacher`); the students always train on one (see `train_news_student`).
     `source`: the embedded source `data_folder` was made from (e.g. "movielens-demo"), named in
     config.json and the report. The export needs neither: it reads the run folder only.
+    `unknown_candidates`: what the MIND reader does with an impression whose candidates are not
+    all in news.tsv: "skip" it (default) or "drop" those candidates (counted in the report's
+    `data_report`; see `distill.data.mind`).
     """
     import torch
 
@@ -104,6 +108,7 @@ def run_news(
             bootstrap,
             threads,
             source,
+            unknown_candidates,
         )
     finally:
         torch.set_num_threads(before)
@@ -122,6 +127,7 @@ def _run_news(
     bootstrap: int,
     threads: int | None,
     source: str | None,
+    unknown_candidates: str = "skip",
 ) -> dict:
     import torch
 
@@ -146,10 +152,29 @@ def _run_news(
         train_news_student,
     )
     from distill.news.vectors import cache_teacher_vectors, load_teacher_vectors
-    from distill.runs import StageClock, environment, prepare_out
+    from distill.runs import Progress, StageClock, environment, prepare_out
 
     t_start = time.perf_counter()
-    clock = StageClock()
+    # expected shares of the time (seconds of a quick MovieLens run on 2 busy cores)
+    progress = Progress(
+        [
+            ("data", 2),
+            ("teacher", 60),
+            ("teacher vectors", 15),
+            ("student vocabulary", 3),
+            ("student_kd", 40),
+            ("student_nokd", 30),
+            ("evaluate", 5),
+        ]
+    )
+    clock = StageClock(progress)
+
+    def epochs(step: str):
+        def on_epoch(done: int, planned: int, auc: float) -> None:
+            progress.update(step, done / planned, f"epoch {done}/{planned}: val auc {auc:.4f}")
+
+        return on_epoch
+
     tcfg = teacher_cfg or NewsTeacherConfig()
     dcfg = distill_cfg or NewsDistillConfig()
     if quick:
@@ -165,11 +190,13 @@ def _run_news(
         "quick_impressions": quick_impressions if quick else None,
         "bootstrap": bootstrap,
         "threads": threads,
+        "mind_unknown_candidates": unknown_candidates,
     }
     atomic_write_json(out / "config.json", config)
 
-    with clock("data"):
-        data = load_mind(data_folder)
+    with clock("data", step="data"):
+        data = load_mind(data_folder, unknown_candidates=unknown_candidates)
+        logger.info(f"data: {data.report.summary()}")
         impressions = data.impressions
         if quick and len(impressions) > quick_impressions:
             impressions = random.Random(dcfg.seed).sample(impressions, quick_impressions)
@@ -188,19 +215,19 @@ def _run_news(
         f"{len(test)} test by time), {len(catalog)} catalog items, from {data_folder}"
     )
 
-    with clock("teacher"):
+    with clock("teacher", step="teacher"):
         logger.info(f"teacher: {tcfg.backbone}, {'LoRA' if tcfg.lora else 'frozen LM'}")
         teacher = train_news_teacher(
             data.items, train, val, tcfg, item_ids=catalog, log=logger.info, threads=threads
         )
         save_news_teacher(teacher.model, out / "teacher")
-    with clock("teacher_cache"):
+    with clock("teacher_cache", step="teacher vectors"):
         every = [*train, *val, *test]
         items_path, users_path = cache_teacher_vectors(teacher, every, out / "teacher")
         t_items, _, _ = load_teacher_vectors(items_path, teacher.index.ids)
         t_users, _, _ = load_teacher_vectors(users_path, [imp.impression_id for imp in train])
 
-    with clock("student_vocab"):
+    with clock("student_vocab", step="student vocabulary"):
         tokenize = teacher.model.tokenizer.tokenize
         texts_vocab = build_piece_vocab((item_text(data.items[i]) for i in catalog), tokenize)
         save_piece_vocab(
@@ -221,18 +248,33 @@ def _run_news(
     )
     logger.info(f"student: {len(texts_vocab)} word pieces, dim {student_dim}")
     targets = TeacherTargets(t_items, t_users)
-    with clock("student_kd"):
+    with clock("student_kd", step="student_kd"):
         kd = train_news_student(
-            corpus, train, val, scfg, dcfg, targets, log=logger.info, name="student_kd"
+            corpus,
+            train,
+            val,
+            scfg,
+            dcfg,
+            targets,
+            log=logger.debug,  # the bar line carries the epoch and its validation AUC
+            name="student_kd",
+            on_epoch=epochs("student_kd"),
         )
-    with clock("student_nokd"):
+    with clock("student_nokd", step="student_nokd"):
         nokd = train_news_student(
-            corpus, train, val, scfg, dcfg.no_kd(), log=logger.info, name="student_nokd"
+            corpus,
+            train,
+            val,
+            scfg,
+            dcfg.no_kd(),
+            log=logger.debug,
+            name="student_nokd",
+            on_epoch=epochs("student_nokd"),
         )
     save_news_student(kd.model, out / "student" / "student_kd.safetensors")
     save_news_student(nokd.model, out / "student" / "student_nokd.safetensors")
 
-    with clock("evaluate"):
+    with clock("evaluate", step="evaluate"):
         torch.set_num_threads(1)  # small matrices (see train_news_student)
         labels = [np.asarray(imp.labels) for imp in test]
         scores = {

@@ -175,18 +175,20 @@ def train_news_student(
     log: Log | None = logger.info,
     name: str = "student",
     threads: int | None = 1,
+    on_epoch: Any = None,
 ) -> NewsTrainResult:
     """Train one student on `train` impressions; early stopping on AUC over `val`.
 
     `threads`: torch CPU threads while training (restored afterwards; None leaves them as
     they are). One by default: a dim-64 model's ops are too small to gain from splitting, and
     on a busy 2-core machine two threads measured several times slower than one.
+    `on_epoch(epochs_done, planned_epochs, val_auc)`: called after each epoch (progress bars).
     """
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train(corpus, train, val, student_cfg, cfg, teacher, log, name)
+        return _train(corpus, train, val, student_cfg, cfg, teacher, log, name, on_epoch)
     finally:
         torch.set_num_threads(before)
 
@@ -200,6 +202,7 @@ def _train(
     teacher: TeacherTargets | None,
     log: Log | None,
     name: str,
+    on_epoch: Any = None,
 ) -> NewsTrainResult:
     if cfg.uses_teacher:
         if teacher is None:
@@ -307,6 +310,8 @@ def _train(
             f"{name} epoch {epoch + 1}/{cfg.epochs}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
         )
+        if on_epoch is not None:  # progress: (epochs done, planned epochs, validation AUC)
+            on_epoch(epoch + 1, cfg.epochs, auc)
         if auc > best[0]:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             pstate = (
