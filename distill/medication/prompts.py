@@ -206,6 +206,10 @@ def tokenizer_counter(tokenizer) -> Callable[[str], int]:
     """
 
     def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        # verbose=False: a prompt longer than the model's window is expected here (it is
+        # measured in order to be shortened); without it the tokenizer warns "Token indices
+        # sequence length is longer than the specified maximum sequence length (544 > 512)"
+        enc = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)
+        return len(enc["input_ids"])
 
     return count

@@ -96,6 +96,76 @@ def make_trainer_class() -> type:
     return TeacherTrainer
 
 
+def make_progress_callback(desc: str = "teacher") -> Any:
+    """A Trainer callback in place of the stock progress bar: named tqdm bars (training
+    steps, validation batches) on the main process, and one readable line per epoch instead
+    of the raw ``{'loss': ..., 'grad_norm': ...}`` dicts the stock callbacks print."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class TeacherProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar = None
+            self.eval_bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+            if state.is_world_process_zero:
+                self.bar = tqdm(
+                    total=state.max_steps, desc=f"{desc} fine-tuning", unit="step",
+                    mininterval=2.0, dynamic_ncols=True,
+                )  # fmt: skip
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):  # noqa: D102
+            if not state.is_world_process_zero or eval_dataloader is None:
+                return
+            if self.eval_bar is None:
+                self.eval_bar = tqdm(
+                    total=len(eval_dataloader), desc=f"{desc} validation", unit="batch",
+                    leave=False, mininterval=2.0, dynamic_ncols=True,
+                )  # fmt: skip
+            self.eval_bar.update(1)
+
+        def on_evaluate(self, args, state, control, **kwargs):  # noqa: D102
+            if self.eval_bar is not None:
+                self.eval_bar.close()
+                self.eval_bar = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+            if not state.is_world_process_zero or not logs:
+                return
+            epoch = logs.get("epoch", state.epoch)
+            where = f"{desc} epoch {epoch:.2g}/{args.num_train_epochs:.2g}"
+            if "eval_prauc" in logs:
+                line = f"{where}: validation PR-AUC {logs['eval_prauc']:.4f}"
+            elif "loss" in logs:
+                line = f"{where}: training loss {logs['loss']:.4f}"
+            elif "train_runtime" in logs:
+                line = f"{desc}: fine-tuned in {logs['train_runtime']:.0f} s"
+            else:
+                return
+            (self.bar.write if self.bar is not None else log.info)(line)
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: D102
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TeacherProgress()
+
+
+def replace_progress(trainer: Any, desc: str = "teacher") -> None:
+    """Swap the stock progress/printer callbacks of `trainer` for `make_progress_callback`."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(make_progress_callback(desc))
+
+
 def logits_only(logits: Any, labels: Any) -> Any:
     """Keep only the logits for evaluation (the pooled states would just pile up)."""
     return logits[0] if isinstance(logits, tuple | list) else logits
