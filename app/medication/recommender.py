@@ -21,7 +21,44 @@ from app.onnx_session import onnxruntime_available
 
 BACKENDS = ("auto", "onnxruntime", "numpy")
 
-__all__ = ["BACKENDS", "Recommendation", "Recommender"]
+__all__ = ["BACKENDS", "CodeError", "Recommendation", "Recommender", "resolve_codes"]
+
+
+class CodeError(ValueError):
+    """A code given without its system prefix that cannot be resolved."""
+
+
+def resolve_codes(bundle: Bundle, kind: str, codes: Sequence[str]) -> list[str]:
+    """`codes` of `kind` ("diagnoses" | "procedures") as the bundle writes them. A code with a
+    system prefix ("icd9cm:4019") is kept as it is (dots dropped: "icd9cm:401.9"); one without
+    ("4019", "401.9") gets the prefix of the one system whose vocabulary holds it, or of the
+    only system the bundle has for `kind`. Raises `CodeError` naming the prefixes when the bare
+    code is in several systems' vocabularies, or in none while the bundle has several."""
+    vocab = bundle.vocabs[kind]
+    systems = sorted({c.split(":", 1)[0] for c in vocab if ":" in c})
+    out = []
+    for raw in codes:
+        code = raw.strip()
+        system, sep, rest = code.partition(":")
+        if sep:
+            out.append(f"{system}:{rest.replace('.', '')}")
+            continue
+        bare = code.replace(".", "")
+        found = [s for s in systems if f"{s}:{bare}" in vocab or f"{s}:{bare.upper()}" in vocab]
+        if len(found) == 1:
+            hit = f"{found[0]}:{bare}"
+            out.append(hit if hit in vocab else f"{found[0]}:{bare.upper()}")
+        elif not found and len(systems) == 1:
+            out.append(f"{systems[0]}:{bare}")
+        elif found:
+            choices = " or ".join(f"{s}:{bare}" for s in found)
+            raise CodeError(f"{raw!r} is a code in several systems: write it as {choices}")
+        else:
+            raise CodeError(
+                f"{raw!r} is no code the model knows in {' or '.join(systems) or 'any system'}; "
+                f"write codes with their system prefix ({', '.join(f'{s}:...' for s in systems)})"
+            )
+    return out
 
 
 @dataclass
@@ -31,7 +68,9 @@ class Recommendation:
     `drugs`: [{"code", "name", "probability", "suggested"}] best first (`top_k` of them);
     `ddi`: (code, code, name, name) for each interacting pair among the suggested drugs;
     `unknown_codes`: input codes the model does not know (encoded as <unk>);
-    `backend`: "onnxruntime" or "numpy"; `threshold`: the bundle's decision threshold.
+    `backend`: "onnxruntime" or "numpy"; `threshold`: the bundle's decision threshold;
+    `n_suggested`: classes at or above the threshold in the WHOLE ranking (more than
+    `len(suggested)` when `top_k` cut the list: see `hidden_suggested`).
     """
 
     drugs: list[dict[str, Any]]
@@ -39,10 +78,20 @@ class Recommendation:
     unknown_codes: list[str]
     backend: str
     threshold: float = 0.5
+    n_suggested: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_suggested is None:
+            self.n_suggested = len(self.suggested)
 
     @property
     def suggested(self) -> list[dict[str, Any]]:
         return [d for d in self.drugs if d["suggested"]]
+
+    @property
+    def hidden_suggested(self) -> int:
+        """Classes at or above the threshold that the `top_k` cut left out."""
+        return int(self.n_suggested or 0) - len(self.suggested)
 
 
 class Recommender:
@@ -106,9 +155,10 @@ class Recommender:
         inputs, unknown = self.encode(diagnoses, procedures, history, profile)
         probs = self.scores(inputs)[0]
         order = np.argsort(-probs, kind="stable")  # ties: label order
+        b = self.bundle
+        n_suggested = int((probs >= b.threshold).sum())
         if top_k is not None:
             order = order[:top_k]
-        b = self.bundle
         drugs = [
             {
                 "code": b.label_codes[i],
@@ -125,7 +175,7 @@ class Recommender:
             for y in suggested[i + 1 :]
             if b.interacts(x, y)
         ]
-        return Recommendation(drugs, pairs, unknown, self.backend, b.threshold)
+        return Recommendation(drugs, pairs, unknown, self.backend, b.threshold, n_suggested)
 
     def ddi_with(
         self,

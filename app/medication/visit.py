@@ -1,6 +1,11 @@
 """One visit being entered, in plain Python (no flet): the diagnoses and procedures, the
-model's suggestions with DDI warnings, the "why" of a suggestion (`basis`), the clinician's
-decisions, the note; `save` writes it all in one transaction."""
+model's suggestions with DDI warnings, the "why" of a suggestion (`explain`), the clinician's
+decisions, the note; `save` writes it all in one transaction.
+
+The suggestions always belong to the inputs: every change of the codes re-scores the visit
+(the model takes well under a millisecond), keeping the decisions already taken. The model's
+full ranking is kept; `top_k` rows are shown first, and when more classes than that are at or
+above the threshold the result says so ("10 of 18") until `show_all` is set."""
 
 from __future__ import annotations
 
@@ -19,6 +24,20 @@ from app.storage.database import History
 from app.storage.migrations import PROFILE_FIELDS
 
 DEFAULT_TOP_K = 10
+DDI_SOURCE = (
+    "class-level pairs of ATC3 drug classes from the GAMENet/TWOSIDES table (incomplete, "
+    "not a clinical interaction checker)"
+)
+DDI_LEVELS = {  # level -> heading of its group, most important first
+    "accepted": "Between drugs already accepted or added",
+    "with_accepted": "A suggestion with an accepted or added drug",
+    "suggested": "Among the suggestions not yet decided",
+}
+NOTICE = (
+    "Decision support, not a prescription: a ranked list of drug classes to check. It does not "
+    "know doses, allergies, renal function or current medications outside the entered history; "
+    "the clinician decides."
+)
 KINDS = {
     "diagnoses": "diagnoses",
     "dx": "diagnoses",
@@ -27,8 +46,12 @@ KINDS = {
 }
 
 __all__ = [
+    "DDI_LEVELS",
+    "DDI_SOURCE",
+    "NOTICE",
     "BasisItem",
     "DdiWarning",
+    "Explanation",
     "PastVisit",
     "SuggestResult",
     "Suggestion",
@@ -67,27 +90,58 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class DdiWarning:
-    """An interacting pair; `with_accepted`: one of the two is already accepted or added."""
+    """An interacting pair of drug classes. `level`: "accepted" (both accepted or added),
+    "with_accepted" (one of them), "suggested" (neither decided yet); see `DDI_LEVELS`."""
 
     a: str
     b: str
     name_a: str
     name_b: str
-    with_accepted: bool
+    level: str
+
+    @property
+    def with_accepted(self) -> bool:
+        return self.level != "suggested"
 
     @property
     def message(self) -> str:
-        where = "with an accepted drug" if self.with_accepted else "among the suggestions"
-        return f"Interaction {where}: {self.a} {self.name_a} + {self.b} {self.name_b}"
+        return f"Interaction: {self.a} {self.name_a} and {self.b} {self.name_b}"
 
 
 @dataclass
 class SuggestResult:
+    """What the screen shows: `suggestions` (the shown rows, best first), the DDI `warnings`,
+    and honest counts: `n_suggested` classes at or above the threshold in the whole ranking,
+    `hidden` of them not among the shown rows (0 once `show_all`)."""
+
     suggestions: list[Suggestion]
     warnings: list[DdiWarning]
     unknown_codes: list[str]
     backend: str
     threshold: float
+    n_suggested: int = 0
+    hidden: int = 0
+
+    @property
+    def n_shown_suggested(self) -> int:
+        return sum(1 for s in self.suggestions if s.suggested)
+
+    def summary(self) -> str:
+        """ "10 of 18 drug classes at or above the threshold 0.35 shown (onnxruntime)." """
+        n, t = self.n_suggested, self.threshold
+        classes = f"drug class{'es' if n != 1 else ''}"
+        if self.hidden:
+            shown = self.n_suggested - self.hidden
+            return (
+                f"{shown} of {n} {classes} at or above the threshold {t:.2f} shown "
+                f"({self.backend})."
+            )
+        return f"{n} {classes} at or above the threshold {t:.2f} ({self.backend})."
+
+    def warnings_by_level(self) -> list[tuple[str, list[DdiWarning]]]:
+        """(level, its warnings) for each level that has some, most important first."""
+        groups = [(lv, [w for w in self.warnings if w.level == lv]) for lv in DDI_LEVELS]
+        return [(lv, ws) for lv, ws in groups if ws]
 
 
 @dataclass(frozen=True)
@@ -99,6 +153,32 @@ class BasisItem:
     label: str
     drop: float  # probability with everything - probability without this input
     without: float  # probability without this input
+
+    def effect(self) -> str:
+        """The contribution in words, never a bare "+": "raises the score by 16 points
+        (without it: 30%)"."""
+        points = abs(self.drop) * 100
+        if points < 0.05:
+            return f"no effect on the score (without it: {self.without:.0%})"
+        verb = "raises" if self.drop > 0 else "lowers"
+        return f"{verb} the score by {points:.1f} points (without it: {self.without:.0%})"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The "why" of one drug's score: the score now, the base rate (the score with no
+    diagnoses, procedures, past visits or profile) and each input's leave-one-out effect."""
+
+    code: str
+    probability: float
+    base_rate: float
+    items: list[BasisItem]
+
+    def headline(self) -> str:
+        return (
+            f"Score {self.probability:.0%} for this visit; base rate {self.base_rate:.0%} "
+            "(the score with no diagnoses, procedures, past visits or profile)."
+        )
 
 
 class VisitState:
@@ -119,12 +199,13 @@ class VisitState:
         self.patient = dict(patient)
         self.past = list(past)
         self.top_k = top_k
+        self.show_all = False  # show every class at or above the threshold, not only top_k
         self.diagnoses: list[str] = []
         self.procedures: list[str] = []
-        self.recommendation: Recommendation | None = None
-        self.stale = False  # the inputs changed since the last `suggest`
+        self.recommendation: Recommendation | None = None  # the full ranking of the inputs
         self.decisions: dict[str, str] = {}
         self.note = ""
+        self._scored: tuple | None = None  # the inputs the recommendation belongs to
         self._lock = threading.RLock()
 
     # -- inputs
@@ -136,6 +217,17 @@ class VisitState:
     @property
     def profile(self) -> dict[str, str]:
         return {k: self.patient[k] for k in PROFILE_FIELDS if self.patient.get(k)}
+
+    @property
+    def stale(self) -> bool:
+        """Whether the suggestions on hand belong to other inputs: only when the inputs were
+        set from outside (`add_code`, `remove_code`, `set_past`, `restore` re-score)."""
+        rec = self.recommendation
+        codes = bool(self.diagnoses or self.procedures)
+        return (rec is not None or codes) and self._scored != self._inputs_key()
+
+    def _inputs_key(self) -> tuple:
+        return (tuple(self.diagnoses), tuple(self.procedures), len(self.past))
 
     def model_profile(self) -> dict[str, str]:
         """The profile fields whose values the model knows (others cannot inform it)."""
@@ -149,7 +241,7 @@ class VisitState:
         return self.diagnoses if KINDS[kind] == "diagnoses" else self.procedures
 
     def add_code(self, kind: str, code: str) -> bool:
-        """Add a diagnosis or procedure code; False if it was already there."""
+        """Add a diagnosis or procedure code and re-score; False if it was already there."""
         with self._lock:
             codes = self.codes(kind)
             if not isinstance(code, str) or not code.strip():
@@ -158,49 +250,85 @@ class VisitState:
             if code in codes:
                 return False
             codes.append(code)
-            self.stale = self.recommendation is not None
+            self.rescore()
             return True
 
     def remove_code(self, kind: str, code: str) -> bool:
+        """Remove a code and re-score; False if it was not there."""
         with self._lock:
             codes = self.codes(kind)
             if code not in codes:
                 return False
             codes.remove(code)
-            self.stale = self.recommendation is not None
+            self.rescore()
             return True
 
+    def set_past(self, past: Sequence[PastVisit]) -> SuggestResult:
+        """New earlier visits (e.g. one saved in another tab), then re-score."""
+        with self._lock:
+            self.past = list(past)
+            return self.rescore()
+
     # -- the model
+
+    def rescore(self) -> SuggestResult:
+        """Score the current inputs (with no codes: no suggestions); decisions are kept."""
+        with self._lock:
+            if not self.diagnoses and not self.procedures:
+                self.recommendation = None
+                self._scored = self._inputs_key()
+                return self.result()
+            return self.suggest()
 
     def suggest(self) -> SuggestResult:
         """Run the model on the entered codes, the patient's past visits and profile."""
         with self._lock:
             dx, px = list(self.diagnoses), list(self.procedures)
-        if not dx and not px:
-            raise ValueError("enter at least one diagnosis or procedure first")
-        rec = self.recommender.recommend(
-            dx, px, self.history_for_model(), self.model_profile(), top_k=self.top_k
-        )
-        with self._lock:
+            key = self._inputs_key()
+            if not dx and not px:
+                raise ValueError("enter at least one diagnosis or procedure first")
+            rec = self.recommender.recommend(
+                dx, px, self.history_for_model(), self.model_profile(), top_k=None
+            )
             self.recommendation = rec
-            self.stale = False
-        return self.result()
+            self._scored = key
+            return self.result()
+
+    def set_show_all(self, show: bool = True) -> SuggestResult:
+        with self._lock:
+            self.show_all = bool(show)
+            return self.result()
 
     def result(self) -> SuggestResult:
         """The current suggestions, decisions and warnings (no model call)."""
         rec = self.recommendation
+        shown = self.suggestions()
         if rec is None:
             return SuggestResult(
-                [], self.warnings(), [], self.recommender.backend, self.bundle.threshold
+                shown, self.warnings(), [], self.recommender.backend, self.bundle.threshold
             )
+        n_suggested = len(rec.suggested)
+        hidden = n_suggested - sum(1 for s in shown if s.suggested)
         return SuggestResult(
-            self.suggestions(), self.warnings(), list(rec.unknown_codes), rec.backend, rec.threshold
+            shown,
+            self.warnings(),
+            list(rec.unknown_codes),
+            rec.backend,
+            rec.threshold,
+            n_suggested,
+            hidden,
         )
 
-    def suggestions(self) -> list[Suggestion]:
+    def _shown_drugs(self) -> list[dict[str, Any]]:
         rec = self.recommendation
         if rec is None:
             return []
+        n = max(self.top_k, len(rec.suggested)) if self.show_all else self.top_k
+        return rec.drugs[:n]
+
+    def suggestions(self) -> list[Suggestion]:
+        """The shown rows: the `top_k` best (every class at or above the threshold once
+        `show_all`), each with its decision."""
         return [
             Suggestion(
                 d["code"],
@@ -209,44 +337,55 @@ class VisitState:
                 d["suggested"],
                 self.decisions.get(d["code"]),
             )
-            for d in rec.drugs
+            for d in self._shown_drugs()
         ]
+
+    def model_suggested(self) -> set[str]:
+        """Every drug class the model put at or above the threshold, shown or not."""
+        rec = self.recommendation
+        return set() if rec is None else {d["code"] for d in rec.suggested}
 
     def given(self) -> list[str]:
         """Drug codes accepted or added, in decision order."""
         return [c for c, d in self.decisions.items() if d in ("accepted", "added")]
 
     def warnings(self) -> list[DdiWarning]:
-        """DDI pairs among the suggested drugs (rejected ones left out) and between any
-        suggested or given drug and a given (accepted or added) one."""
+        """DDI pairs among the shown suggested drugs and the given (accepted or added) ones,
+        rejected ones left out; pairs among given drugs first, then a given drug with a
+        suggestion, then suggestions among themselves."""
         b = self.bundle
         given = self.given()
+        given_set = set(given)
         rejected = {c for c, d in self.decisions.items() if d == "rejected"}
-        rec = self.recommendation
-        suggested = [] if rec is None else [d["code"] for d in rec.suggested]
-        pairs: list[tuple[str, str, str, str]] = []
-        if rec is not None:
-            pairs += [p for p in rec.ddi if p[0] not in rejected and p[1] not in rejected]
-        candidates = [c for c in dict.fromkeys(suggested + given) if c not in rejected]
-        pairs += self.recommender.ddi_with(candidates, given)
-        out: dict[frozenset[str], DdiWarning] = {}
-        for a, c, name_a, name_c in pairs:
-            key = frozenset((a, c))
-            if len(key) < 2 or key in out:
-                continue
-            out[key] = DdiWarning(
-                a,
-                c,
-                name_a or b.label_name(a),
-                name_c or b.label_name(c),
-                bool({a, c} & set(given)),
-            )
-        return sorted(out.values(), key=lambda w: (not w.with_accepted, w.a, w.b))
+        shown = [d["code"] for d in self._shown_drugs() if d["suggested"]]
+        codes = [c for c in dict.fromkeys(given + shown) if c not in rejected]
+        out = []
+        for i, x in enumerate(codes):
+            for y in codes[i + 1 :]:
+                if not b.interacts(x, y):
+                    continue
+                n_given = (x in given_set) + (y in given_set)
+                level = ("suggested", "with_accepted", "accepted")[n_given]
+                out.append(DdiWarning(x, y, b.label_name(x), b.label_name(y), level))
+        order = list(DDI_LEVELS)
+        return sorted(out, key=lambda w: (order.index(w.level), w.a, w.b))
 
-    def basis(self, drug_code: str) -> list[BasisItem]:
-        """The "why" of a suggestion: for each entered code and each past visit, how much the
-        drug's probability drops when that one input is left out (negative: it rises). All the
-        leave-one-out inputs go to the model as ONE batch. Sorted by drop, largest first."""
+    def _past_label(self, visit: PastVisit) -> str:
+        titles = self.bundle.titles
+        shown = ", ".join(titles.get(c, c) for c in visit.diagnoses[:3]) or "no diagnoses"
+        more = len(visit.diagnoses) - 3
+        if more > 0:
+            shown += f" and {more} more"
+        gave = ", ".join(self.bundle.label_name(c) for c in visit.medications[:4])
+        if len(visit.medications) > 4:
+            gave += f" and {len(visit.medications) - 4} more"
+        return f"visit of {local_time(visit.created)}: {shown}; gave {gave or 'no drugs'}"
+
+    def explain(self, drug_code: str) -> Explanation:
+        """The "why" of a suggestion: the score, the base rate (no inputs at all) and, for each
+        entered code and each past visit, how much the drug's probability drops when that one
+        input is left out (negative: it rises). The full input, the empty input and every
+        leave-one-out input go to the model as ONE batch. Items sorted by drop, largest first."""
         if drug_code not in self.bundle.label_index:
             raise ValueError(f"{drug_code!r} is not one of the model's drug classes")
         label = self.bundle.label_index[drug_code]
@@ -264,22 +403,25 @@ class VisitState:
             variants.append(("procedure", code, titles.get(code, code), dx, rest, history))
         for i, visit in enumerate(self.past):
             rest = history[:i] + history[i + 1 :]
-            shown = ", ".join(titles.get(c, c) for c in visit.diagnoses[:3]) or "no diagnoses"
-            label_text = f"visit of {local_time(visit.created)}: {shown}"
-            variants.append(("past visit", visit.visit_id, label_text, dx, px, rest))
-        if not variants:
-            return []
-        encoded = [encode_visit(self.bundle, dx, px, history, profile)[0]]
+            variants.append(("past visit", visit.visit_id, self._past_label(visit), dx, px, rest))
+        encoded = [
+            encode_visit(self.bundle, dx, px, history, profile)[0],
+            encode_visit(self.bundle, [], [], [], {})[0],
+        ]
         encoded += [encode_visit(self.bundle, d, p, h, profile)[0] for *_, d, p, h in variants]
         batch = {k: np.concatenate([e[k] for e in encoded], axis=0) for k in encoded[0]}
         probs = self.recommender.scores(batch)[:, label].astype(np.float64)
-        base = float(probs[0])
+        now, base_rate = float(probs[0]), float(probs[1])
         items = [
-            BasisItem(kind, code, text, base - float(p), float(p))
-            for (kind, code, text, *_), p in zip(variants, probs[1:], strict=True)
+            BasisItem(kind, code, text, now - float(p), float(p))
+            for (kind, code, text, *_), p in zip(variants, probs[2:], strict=True)
         ]
         items.sort(key=lambda item: -item.drop)
-        return items
+        return Explanation(drug_code, now, base_rate, items)
+
+    def basis(self, drug_code: str) -> list[BasisItem]:
+        """The leave-one-out items of `explain` alone."""
+        return self.explain(drug_code).items
 
     # -- decisions
 
@@ -296,14 +438,43 @@ class VisitState:
     def reject(self, code: str) -> None:
         self._decide(code, "rejected")
 
-    def add(self, code: str) -> None:
-        """A drug the clinician adds; one already among the suggestions counts as accepted."""
-        shown = {d.code for d in self.suggestions()}
-        self._decide(code, "accepted" if code in shown else "added")
+    def add(self, code: str) -> str:
+        """A drug the clinician picks by search: "accepted" when the model suggested it (at or
+        above the threshold, shown or hidden by the cap) or it is among the shown rows, else
+        "added". Returns the decision taken."""
+        shown = {d["code"] for d in self._shown_drugs()}
+        decision = "accepted" if code in shown | self.model_suggested() else "added"
+        self._decide(code, decision)
+        return decision
 
-    def undo(self, code: str) -> None:
+    def undo(self, code: str) -> bool:
+        """Back to undecided (a hand-added drug is removed); False if it had no decision."""
         with self._lock:
-            self.decisions.pop(code, None)
+            return self.decisions.pop(code, None) is not None
+
+    # -- drafts (app.medication.state keeps them in the history database)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "diagnoses": list(self.diagnoses),
+                "procedures": list(self.procedures),
+                "decisions": dict(self.decisions),
+                "note": self.note,
+            }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> SuggestResult:
+        """The inputs, decisions and note of a `snapshot`, re-scored."""
+        with self._lock:
+            self.diagnoses = [str(c) for c in snapshot.get("diagnoses") or []]
+            self.procedures = [str(c) for c in snapshot.get("procedures") or []]
+            self.decisions = {
+                str(c): str(d)
+                for c, d in (snapshot.get("decisions") or {}).items()
+                if d in ("accepted", "added", "rejected") and c in self.bundle.label_index
+            }
+            self.note = str(snapshot.get("note") or "")
+            return self.rescore()
 
     # -- saving
 
@@ -311,9 +482,11 @@ class VisitState:
         """Write the visit, the suggestions as shown, the decisions and the note, with the
         bundle's name and version, in one transaction. Returns the visit id."""
         with self._lock:
+            if self.stale:
+                self.rescore()
             dx, px = list(self.diagnoses), list(self.procedures)
             decisions = dict(self.decisions)
-            rec = self.recommendation
+            shown = self._shown_drugs()
             note = self.note.strip() or None
         if not dx:
             raise ValueError("enter at least one diagnosis before saving")
@@ -322,7 +495,7 @@ class VisitState:
             self.patient_id,
             dx,
             px,
-            suggestions=[] if rec is None else rec.drugs,
+            suggestions=shown,
             decisions=decisions,
             note=note,
             bundle_name=self.bundle.name,
