@@ -211,9 +211,12 @@ def test_visit_flow_in_chromium(browser, server, scenario):
         for title in scenario["titles"]:
             assert title in chips
 
-        # suggestions, ranked, with probability bars and the DDI warning
+        # suggestions, ranked, with probability bars (scored as the codes came in; the
+        # refresh button scores once more), and the DDI warning in its folded group
         click(page, "visit-suggest")
+        wait_text(page, "visit-status", "at or above the threshold")
         a, b, _, _ = scenario["ddi"]
+        click(page, "ddi-group-suggested")
         warning = wait_text(page, f"ddi-warning-{a}-{b}", "Interaction")
         assert a in warning and b in warning
         for code in scenario["accept"]:

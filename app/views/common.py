@@ -74,12 +74,16 @@ class OptionList:
         self.column = ft.Column(spacing=0)
         self._rows: dict[str, ft.Control] = {}
 
-    def show(self, options: list[CodeOption]) -> None:
+    def show(self, options: list[CodeOption], empty_text: str | None = None) -> None:
+        """The first OPTIONS_SHOWN options; none and an `empty_text`: that one muted line,
+        identified `<prefix>-no-match`."""
         rows = {}
         for option in options[:OPTIONS_SHOWN]:
             rows[option.code] = self._rows.get(option.code) or self._row(option)
         self._rows = rows
         self.column.controls = list(rows.values())
+        if not rows and empty_text:
+            self.column.controls = [muted(empty_text, identifier=f"{self.prefix}-no-match")]
 
     def clear(self) -> None:
         self.show([])

@@ -1,5 +1,10 @@
-"""The visit: diagnoses and procedures by type-ahead, the model's ranked suggestions with their
-probabilities, DDI warnings and "why", the clinician's decisions, a note, Save."""
+"""The visit: diagnoses and procedures by type-ahead, the model's ranked suggestions (re-scored
+on every change of the codes) with their probabilities, grouped DDI warnings and "why", the
+clinician's decisions (each undoable), a note, Save.
+
+The layout is a `ResponsiveRow`: codes beside the suggestions from the "lg" breakpoint (992 px)
+up, one column below it; a suggestion is two lines (name and score, then the bar and the
+decision buttons) so that no width squeezes a drug name into a column of letters."""
 
 from __future__ import annotations
 
@@ -8,11 +13,10 @@ import asyncio
 import flet as ft
 
 from app.medication.codes import CodeOption
-from app.medication.visit import Suggestion, SuggestResult
+from app.medication.visit import DDI_LEVELS, DDI_SOURCE, NOTICE, SuggestResult
 from app.storage.errors import HistoryError
 from app.views.common import (
     DANGER,
-    DANGER_BG,
     MUTED,
     OptionList,
     Shell,
@@ -22,15 +26,12 @@ from app.views.common import (
     no_patient,
     tid,
 )
+from app.views.suggestions import DDI_LOOK, DECISION_LOOK, SuggestionRow, ddi_row
 from contract.bundle import BundleError
 
 KIND_NAMES = {"dx": "Diagnoses", "px": "Procedures"}
-DECISION_LOOK = {
-    "accepted": ("Accepted", ft.Colors.GREEN_800, ft.Icons.CHECK_CIRCLE),
-    "added": ("Added", ft.Colors.GREEN_800, ft.Icons.ADD_CIRCLE),
-    "rejected": ("Rejected", ft.Colors.GREY_700, ft.Icons.CANCEL),
-}
-BAR_WIDTH = 150
+WIDE = {"xs": 12, "lg": 5}  # the codes column
+NARROW = {"xs": 12, "lg": 7}  # the suggestions column
 
 
 class CodePicker:
@@ -82,8 +83,10 @@ class CodePicker:
 
     def _on_change(self, e: ft.Event[ft.TextField]) -> None:
         self.view.state.touch()
-        self._found = self.view.state.medication.search_codes(self.field.value or "", self.kind)
-        self.options.show(self._found)
+        medication = self.view.state.medication
+        query = self.field.value or ""
+        self._found = medication.search_codes(query, self.kind)
+        self.options.show(self._found, _no_match(medication, query, self.kind))
 
     async def _on_submit(self, e: ft.Event[ft.TextField]) -> None:
         if self._found:
@@ -94,167 +97,30 @@ class CodePicker:
         visit = self.view.state.medication.visit
         if visit is None:
             return
-        visit.add_code(self.kind, option.code)
         self.clear()
+        # no focus() back into the field: arriving with (or after) the re-scored list it
+        # re-attached the field's text input while the next code was typed, and dropped keys
+        self.view.scored(lambda: visit.add_code(self.kind, option.code))
         self.show_chips()
-        self.view.show_stale()
-        await self.field.focus()
+        self.view.page.update()
 
     def _remover(self, code: str):
         def remove(e: ft.Event[ft.Chip]) -> None:
             self.view.state.touch()
             visit = self.view.state.medication.visit
             if visit is not None:
-                visit.remove_code(self.kind, code)
+                self.view.scored(lambda: visit.remove_code(self.kind, code))
             self.show_chips()
-            self.view.show_stale()
 
         return remove
 
 
-class SuggestionRow:
-    """One ranked drug class: name, probability bar, decision buttons and the "why" expander."""
-
-    def __init__(self, view: VisitView, rank: int, s: Suggestion):
-        self.view = view
-        self.code = s.code
-        self.status = ft.Text("", size=13, weight=ft.FontWeight.BOLD, width=72)
-        self.why = ft.ExpansionTile(
-            title=ft.Text("Why?", size=13),
-            subtitle=ft.Text("score drop when each input is left out", size=11, color=MUTED),
-            controls=[muted("Open to compute.")],
-            dense=True,
-            on_change=self._on_why,
-            tile_padding=ft.Padding.symmetric(horizontal=8),
-        )
-        self._basis_loaded = False
-        bar_color = ft.Colors.BLUE_700 if s.suggested else ft.Colors.BLUE_GREY_300
-        self.root = tid(
-            ident("suggestion", s.code),
-            ft.Container(
-                ft.Column(
-                    [
-                        ft.Row(
-                            [
-                                ft.Text(f"{rank}.", width=26, color=MUTED),
-                                ft.Column(
-                                    [
-                                        ft.Text(s.name, weight=ft.FontWeight.W_500, size=14),
-                                        ft.Text(
-                                            s.code
-                                            + (
-                                                "  ·  suggested"
-                                                if s.suggested
-                                                else "  ·  below threshold"
-                                            ),
-                                            size=12,
-                                            color=MUTED,
-                                        ),
-                                    ],
-                                    spacing=0,
-                                    expand=True,
-                                ),
-                                tid(
-                                    ident("probability", s.code),
-                                    ft.Column(
-                                        [
-                                            ft.ProgressBar(
-                                                value=s.probability,
-                                                width=BAR_WIDTH,
-                                                bar_height=8,
-                                                color=bar_color,
-                                                bgcolor=ft.Colors.BLUE_GREY_50,
-                                                border_radius=4,
-                                            ),
-                                            ft.Text(f"{s.probability:.0%}", size=12),
-                                        ],
-                                        spacing=2,
-                                        horizontal_alignment=ft.CrossAxisAlignment.END,
-                                    ),
-                                ),
-                                tid(ident("status", s.code), self.status),
-                                tid(
-                                    ident("accept", s.code),
-                                    ft.IconButton(
-                                        ft.Icons.CHECK,
-                                        tooltip="Accept",
-                                        icon_color=ft.Colors.GREEN_800,
-                                        on_click=self._on_accept,
-                                    ),
-                                ),
-                                tid(
-                                    ident("reject", s.code),
-                                    ft.IconButton(
-                                        ft.Icons.CLOSE,
-                                        tooltip="Reject",
-                                        icon_color=ft.Colors.GREY_800,
-                                        on_click=self._on_reject,
-                                    ),
-                                ),
-                            ],
-                            vertical_alignment=ft.CrossAxisAlignment.CENTER,
-                        ),
-                        tid(ident("why", s.code), self.why),
-                    ],
-                    spacing=0,
-                ),
-                padding=ft.Padding.symmetric(horizontal=8, vertical=4),
-                border=ft.Border.all(1, ft.Colors.BLUE_GREY_100),
-                border_radius=8,
-            ),
-        )
-        self.show_decision(s.decision)
-
-    def show_decision(self, decision: str | None) -> None:
-        if decision is None:
-            self.status.value = ""
-            return
-        text, color, _ = DECISION_LOOK[decision]
-        self.status.value = text
-        self.status.color = color
-
-    def _on_accept(self, e: ft.Event[ft.IconButton]) -> None:
-        self.view.decide("accept", self.code)
-
-    def _on_reject(self, e: ft.Event[ft.IconButton]) -> None:
-        self.view.decide("reject", self.code)
-
-    async def _on_why(self, e: ft.Event[ft.ExpansionTile]) -> None:
-        self.view.state.touch()
-        visit = self.view.state.medication.visit
-        if visit is None or self._basis_loaded or not _is_true(e.data):
-            return
-        self.why.controls = [ft.ProgressRing(width=18, height=18)]
-        self.view.page.update()
-        try:
-            items = await asyncio.to_thread(visit.basis, self.code)
-        except (ValueError, BundleError) as exc:
-            self.why.controls = [ft.Text(str(exc), color=DANGER)]
-        else:
-            self._basis_loaded = True
-            self.why.controls = [
-                tid(
-                    ident("basis", self.code, i),
-                    ft.Row(
-                        [
-                            ft.Text(
-                                f"{item.drop:+.1%}",
-                                width=64,
-                                color=ft.Colors.GREEN_800 if item.drop > 0 else MUTED,
-                                weight=ft.FontWeight.BOLD,
-                            ),
-                            ft.Text(f"{item.kind}: {item.label}", size=13, expand=True),
-                        ],
-                    ),
-                )
-                for i, item in enumerate(items)
-            ] or [muted("No inputs to leave out.")]
-        # a handler that called update() itself gets no automatic update at its end
-        self.view.page.update()
-
-
-def _is_true(data: object) -> bool:
-    return data is True or str(data).lower() == "true"
+def _no_match(medication, query: str, kind: str) -> str | None:
+    """The "no match" line for a search of non-empty text (None for empty text)."""
+    if not query.strip():
+        return None
+    explain = getattr(medication, "no_match_text", None)
+    return explain(query, kind) if explain else f"No match for {query.strip()!r}."
 
 
 class VisitView:
@@ -272,10 +138,13 @@ class VisitView:
         )
         self.status = ft.Text("", size=13)
         self.busy = ft.ProgressRing(width=20, height=20, visible=False)
-        self.warnings = ft.Column(spacing=6)
+        self.show_all = ft.TextButton("", on_click=self._on_show_all, icon=ft.Icons.UNFOLD_MORE)
+        self.show_all_box = tid("suggestions-show-all", self.show_all)
+        self.warnings = ft.Column(spacing=4)
         self.unknown = ft.Text("", size=12, color=MUTED)
+        self.unknown_box = tid("unknown-codes", self.unknown)  # hidden while there are none
         self.suggestion_list = ft.Column(spacing=6)
-        self.decisions = ft.Text("", size=13)
+        self.decisions = ft.Row(wrap=True, spacing=6, run_spacing=6)
         self.drug_field = ft.TextField(
             label="Add a drug class",
             hint_text="ATC code or words of its name",
@@ -284,58 +153,78 @@ class VisitView:
         )
         self.drug_options = OptionList("drug", self._pick_drug)
         self.rows: dict[str, SuggestionRow] = {}
+        notice = tid(
+            "visit-notice",
+            ft.Container(
+                ft.Row(
+                    [
+                        ft.Icon(ft.Icons.INFO_OUTLINE, color=MUTED, size=16),
+                        ft.Text(NOTICE, size=12, color=MUTED, expand=True),
+                    ],
+                ),
+                padding=ft.Padding.symmetric(horizontal=8, vertical=4),
+                bgcolor=ft.Colors.BLUE_GREY_50,
+                border_radius=6,
+            ),
+        )
         left = ft.Column(
             [
                 heading("Visit"),
                 tid("visit-patient", self.patient_line),
                 self.pickers["dx"].root,
                 self.pickers["px"].root,
-                tid("visit-note", self.note),
+            ],
+            spacing=12,
+            col=WIDE,
+        )
+        right = ft.Column(
+            [
                 ft.Row(
                     [
+                        heading("Suggestions", 18),
                         tid(
                             "visit-suggest",
-                            ft.FilledButton(
-                                "Suggest", icon=ft.Icons.AUTO_AWESOME, on_click=self._on_suggest
-                            ),
-                        ),
-                        tid(
-                            "visit-save",
-                            ft.OutlinedButton(
-                                "Save visit", icon=ft.Icons.SAVE, on_click=self._on_save
+                            ft.IconButton(
+                                ft.Icons.REFRESH,
+                                tooltip="The list re-scores by itself on every change of the "
+                                "codes; this runs the model once more",
+                                on_click=self._on_suggest,
                             ),
                         ),
                         self.busy,
                     ],
-                    spacing=12,
+                    spacing=4,
                 ),
-                tid("visit-status", self.status),
-            ],
-            spacing=12,
-            width=440,
-            scroll=ft.ScrollMode.AUTO,
-        )
-        self.right = right = ft.Column(
-            [
-                heading("Suggestions", 18),
+                ft.Row(
+                    [tid("visit-status", self.status), self.show_all_box],
+                    wrap=True,
+                    spacing=8,
+                    vertical_alignment=ft.CrossAxisAlignment.CENTER,
+                ),
                 tid("ddi-warnings", self.warnings),
-                tid("unknown-codes", self.unknown),
+                self.unknown_box,
                 tid("suggestions", self.suggestion_list),
                 ft.Divider(),
                 ft.Text("Add a drug class the model did not suggest", weight=ft.FontWeight.BOLD),
                 tid("drug-search", self.drug_field),
                 tid("drug-options", self.drug_options.column),
+                ft.Text("Decisions", weight=ft.FontWeight.BOLD),
                 tid("visit-decisions", self.decisions),
+                tid("visit-note", self.note),
+                tid(
+                    "visit-save",
+                    ft.FilledButton("Save visit", icon=ft.Icons.SAVE, on_click=self._on_save),
+                ),
             ],
             spacing=10,
-            expand=True,
-            scroll=ft.ScrollMode.AUTO,
+            col=NARROW,
         )
-        self.body = ft.Row(
-            [left, ft.VerticalDivider(width=1), right],
+        self.right = right
+        self.body = ft.Column(
+            [notice, ft.ResponsiveRow([left, right], spacing=24, run_spacing=16)],
             expand=True,
-            vertical_alignment=ft.CrossAxisAlignment.START,
-            spacing=16,
+            spacing=10,
+            scroll=ft.ScrollMode.AUTO,
         )
         self.root = ft.Container(content=self.body, expand=True)
         self._shown_visit = None
@@ -349,15 +238,15 @@ class VisitView:
             self._shown_visit = None
             return
         self.root.content = self.body
-        if visit is not self._shown_visit:  # a new visit: start from a clean form
-            self._shown_visit = visit
-            for picker in self.pickers.values():
-                picker.clear()
-            self.note.value = visit.note
-            self.status.value = ""
-            self.drug_field.value = ""
-            self.drug_options.clear()
-            self._show_result(visit.result(), rebuild=True)
+        if visit is not self._shown_visit or visit.stale:
+            if visit is not self._shown_visit:  # a new visit: start from a clean form
+                self._shown_visit = visit
+                for picker in self.pickers.values():
+                    picker.clear()
+                self.note.value = visit.note
+                self.drug_field.value = ""
+                self.drug_options.clear()
+            self._show_result(visit.rescore() if visit.stale else visit.result(), rebuild=True)
         for picker in self.pickers.values():
             picker.show_chips()
         p = visit.patient
@@ -374,71 +263,119 @@ class VisitView:
         self.suggestion_list.controls = []
         self.warnings.controls = []
 
-    def show_stale(self) -> None:
+    def scored(self, change) -> None:
+        """Apply `change` (a VisitState call that re-scores) and show the new list; errors
+        go to the status line."""
+        try:
+            change()
+        except (ValueError, BundleError) as exc:
+            self._message(str(exc), error=True)
+            return
         visit = self.state.medication.visit
-        if visit is not None and visit.stale:
-            self.status.value = "The codes changed: press Suggest again."
-            self.status.color = MUTED
+        if visit is not None:
+            self._show_result(visit.result(), rebuild=True)
+
+    def _message(self, text: str, error: bool = False) -> None:
+        self.status.value = text
+        self.status.color = DANGER if error else None
 
     def _show_result(self, result: SuggestResult, rebuild: bool) -> None:
         if rebuild:
-            self.rows = {}
-            controls: list[ft.Control] = []
+            rows: dict[str, SuggestionRow] = {}
             for rank, s in enumerate(result.suggestions, start=1):
-                row = SuggestionRow(self, rank, s)
-                self.rows[s.code] = row
-                controls.append(row.root)
+                row = self.rows.get(s.code)
+                if row is None:
+                    row = SuggestionRow(self, rank, s)
+                else:
+                    row.show(rank, s)
+                rows[s.code] = row
+            self.rows = rows
+            controls: list[ft.Control] = [row.root for row in rows.values()]
             self.suggestion_list.controls = controls or [
-                muted("Enter diagnoses and procedures, then press Suggest.")
+                muted("Enter a diagnosis or procedure: the suggestions appear as you add them.")
             ]
-            self.unknown.value = (
-                "Codes the model does not know (ignored): " + ", ".join(result.unknown_codes)
-                if result.unknown_codes
-                else ""
+            self.unknown.value = "Codes the model does not know (ignored): " + ", ".join(
+                result.unknown_codes
             )
+            self.unknown_box.visible = bool(result.unknown_codes)
+            self._message(result.summary() if result.suggestions else "")
         else:
             for s in result.suggestions:
                 if s.code in self.rows:
                     self.rows[s.code].show_decision(s.decision)
-        self.warnings.controls = [
-            tid(
-                ident("ddi-warning", w.a, w.b),
-                ft.Container(
-                    ft.Row(
-                        [
-                            ft.Icon(ft.Icons.WARNING_AMBER_ROUNDED, color=DANGER),
-                            ft.Text(
-                                w.message,
-                                color=DANGER,
-                                weight=ft.FontWeight.BOLD,
-                                size=14,
-                                expand=True,
-                            ),
-                        ],
-                    ),
-                    bgcolor=DANGER_BG,
-                    border=ft.Border.all(2, DANGER),
-                    border_radius=8,
-                    padding=10,
-                ),
+        visit = self.state.medication.visit
+        shown_all = visit is not None and visit.show_all
+        self.show_all_box.visible = bool(result.hidden) or (shown_all and result.n_suggested > 0)
+        if result.hidden:
+            self.show_all.content = (
+                f"Show all {result.n_suggested} at or above the threshold ({result.hidden} more)"
             )
-            for w in result.warnings
-        ]
+        else:
+            self.show_all.content = f"Show the first {visit.top_k if visit else 10} only"
+        self._show_warnings(result)
         self._show_decisions()
+
+    def _show_warnings(self, result: SuggestResult) -> None:
+        groups = result.warnings_by_level()
+        if not groups:
+            self.warnings.controls = []
+            return
+        controls: list[ft.Control] = [
+            tid(
+                "ddi-source",
+                ft.Text(f"Drug-drug interactions: {DDI_SOURCE}.", size=11, color=MUTED),
+            )
+        ]
+        for level, warnings in groups:
+            color = DDI_LOOK[level][0]
+            n = len(warnings)
+            controls.append(
+                tid(
+                    ident("ddi-group", level),
+                    ft.ExpansionTile(
+                        title=ft.Text(
+                            f"{DDI_LEVELS[level]}: {n} pair{'s' if n != 1 else ''}",
+                            size=13,
+                            color=color,
+                            weight=ft.FontWeight.BOLD,
+                        ),
+                        leading=ft.Icon(DDI_LOOK[level][3], color=color, size=18),
+                        controls=[ddi_row(w) for w in warnings],
+                        expanded=level == "accepted",
+                        dense=True,
+                        min_tile_height=36,
+                        visual_density=ft.VisualDensity.COMPACT,
+                        tile_padding=ft.Padding.symmetric(horizontal=4),
+                        controls_padding=ft.Padding.only(left=8, right=8, bottom=6),
+                    ),
+                )
+            )
+        self.warnings.controls = controls
 
     def _show_decisions(self) -> None:
         visit = self.state.medication.visit
         if visit is None or not visit.decisions:
-            self.decisions.value = ""
+            self.decisions.controls = [muted("none yet")]
             return
         name = self.state.medication.bundle.label_name
-        parts = []
-        for decision in ("accepted", "added", "rejected"):
-            codes = [c for c, d in visit.decisions.items() if d == decision]
-            if codes:
-                listed = ", ".join(f"{c} {name(c)}" for c in codes)
-                parts.append(f"{DECISION_LOOK[decision][0]}: {listed}")
-        self.decisions.value = "\n".join(parts)
+        self.decisions.controls = [
+            tid(
+                ident("decision", code),
+                ft.Chip(
+                    label=ft.Text(f"{DECISION_LOOK[d][0]}: {code} {name(code)}", size=13),
+                    leading=ft.Icon(DECISION_LOOK[d][2], color=DECISION_LOOK[d][1], size=18),
+                    on_delete=self._undoer(code),
+                    delete_icon_tooltip="Remove" if d == "added" else "Undo",
+                ),
+            )
+            for code, d in visit.decisions.items()
+        ]
+
+    def _undoer(self, code: str):
+        def undo(e: ft.Event[ft.Chip]) -> None:
+            self.decide("undo", code)
+
+        return undo
 
     # -- handlers
 
@@ -450,6 +387,12 @@ class VisitView:
         getattr(visit, action)(code)
         self._show_result(visit.result(), rebuild=False)
 
+    def _on_show_all(self, e: ft.Event[ft.TextButton]) -> None:
+        self.state.touch()
+        visit = self.state.medication.visit
+        if visit is not None:
+            self._show_result(visit.set_show_all(not visit.show_all), rebuild=True)
+
     def _on_note(self, e: ft.Event[ft.TextField]) -> None:
         self.state.touch()
         if self.state.medication.visit is not None:
@@ -457,34 +400,20 @@ class VisitView:
 
     def _on_drug_search(self, e: ft.Event[ft.TextField]) -> None:
         self.state.touch()
-        self.drug_options.show(self.state.medication.search_drugs(self.drug_field.value or ""))
+        medication = self.state.medication
+        query = self.drug_field.value or ""
+        self.drug_options.show(medication.search_drugs(query), _no_match(medication, query, "drug"))
 
     def _pick_drug(self, option: CodeOption) -> None:
         self.drug_field.value = ""
         self.drug_options.clear()
         self.decide("add", option.code)
 
-    async def _on_suggest(self, e: ft.Event[ft.Control]) -> None:
+    def _on_suggest(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()
         visit = self.state.medication.visit
-        if visit is None:
-            return
-        self._working(True, "Scoring…")
-        try:
-            result = await asyncio.to_thread(visit.suggest)
-        except (ValueError, BundleError) as exc:
-            self._working(False, str(exc), error=True)
-            return
-        self._show_result(result, rebuild=True)
-        n = sum(1 for s in result.suggestions if s.suggested)
-        self.busy.visible = False
-        self.status.value = (
-            f"{n} drug class{'es' if n != 1 else ''} at or above the threshold "
-            f"{result.threshold:.2f} ({result.backend})."
-        )
-        self.status.color = None
-        # a suggestion changes the right-hand column and the status only
-        self.page.update(self.right, self.busy, self.status)
+        if visit is not None:
+            self.scored(visit.rescore)
 
     async def _on_save(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()
@@ -509,8 +438,7 @@ class VisitView:
         start changes only the ring and the status line: patching just those two spares the
         server a diff of the whole page (the visit view is the largest) before the work."""
         self.busy.visible = busy
-        self.status.value = message
-        self.status.color = DANGER if error else None
+        self._message(message, error)
         if busy:
             self.page.update(self.busy, self.status)
         else:
