@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,12 @@ __all__ = ["DOMAIN", "Bundle", "StudentShape", "load_bundle"]
 
 
 def _tensor_config(data: Any, where: str) -> TensorConfig:
-    """The manifest's input array sizes (`contract.layout.TensorConfig`), every field given."""
-    if not isinstance(data, Mapping):
-        raise BundleError(f"{where}: expected an object, got {type(data).__name__}")
-    names = [f.name for f in fields(TensorConfig)]
-    missing = [n for n in names if n not in data]
-    extra = sorted(set(data) - set(names))
-    if missing or extra:
-        raise BundleError(f"{where}: missing fields {missing}, unknown fields {extra}")
-    return TensorConfig(**{n: _positive_int(data[n], f"{where}.{n}") for n in names})
+    """The manifest's input array sizes (`contract.layout.TensorConfig.from_dict`: every format-1
+    field given, later fields may be missing and take their defaults)."""
+    try:
+        return TensorConfig.from_dict(data, where)
+    except (TypeError, ValueError) as e:
+        raise BundleError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,10 @@ def encode_visit(
     (or mappings with those keys); `profile` is (field, value) pairs or a mapping. Layout as in
     `contract.layout`: visits right-aligned with the current one last, only the last
     `max_visits` kept, the first `max_*` codes of each visit kept, the current visit's medication
-    row empty. Unknown codes become <unk> (id 1) and are returned once each, in order seen
-    (only codes that made it into the arrays).
+    row empty; with `tensor_config.ancestors` each code's known ICD category follows the codes.
+    Unknown codes become <unk> (id 1) and are returned once each, in order seen (only codes
+    that made it into the arrays; one whose category is known is still returned: the model
+    reads it only through the category).
     """
     visits = [_history_visit(h) for h in history]
     visits.append((code_list(diagnoses, "diagnoses"), code_list(procedures, "procedures"), []))
@@ -92,6 +94,11 @@ def encode_visit(
             ids.append(i)
         return ids
 
-    out = empty_inputs(1, bundle.tensor_config)
-    fill_sample(out, 0, visits, profile_tokens(profile), encode)
+    def lookup(kind: str, token: str) -> int:
+        return vocabs[kind].get(token, UNK_ID)
+
+    cfg = bundle.tensor_config
+    out = empty_inputs(1, cfg)
+    ancestors = lookup if cfg.ancestors else None
+    fill_sample(out, 0, visits, profile_tokens(profile), encode, ancestors)
     return out, list(unknown)

@@ -22,6 +22,7 @@ from contract.layout import (
     VOCAB_KINDS,
     TensorConfig,
     empty_inputs,
+    expand_codes,
     fill_sample,
     profile_tokens,
 )
@@ -38,8 +39,13 @@ class MedVocabs:
     profile: Vocab
 
     @classmethod
-    def build(cls, visits: Iterable[Visit]) -> MedVocabs:
-        """Vocabularies over every visit given (normally all visits of a cohort)."""
+    def build(cls, visits: Iterable[Visit], ancestors: bool = False) -> MedVocabs:
+        """Vocabularies over every visit given (normally all visits of a cohort).
+
+        `ancestors` (as `TensorConfig.ancestors`): the diagnosis and procedure vocabularies also
+        hold the ICD categories of the codes (`contract.layout.code_ancestors`), counted once
+        per visit row they appear in, as the arrays will hold them.
+        """
         dx: Counter = Counter()
         px: Counter = Counter()
         med: Counter = Counter()
@@ -47,6 +53,9 @@ class MedVocabs:
         for v in visits:
             dx.update(v.diagnoses)
             px.update(v.procedures)
+            if ancestors:
+                dx.update(expand_codes(v.diagnoses))
+                px.update(expand_codes(v.procedures))
             med.update(v.medications)
             prof.update(profile_tokens(v.profile))
         return cls(
@@ -81,6 +90,13 @@ def _encoder(vocabs: MedVocabs, unknown: Counter | None):
     return lambda kind, codes: getattr(vocabs, kind).encode(codes, unknown)
 
 
+def _ancestor_lookup(vocabs: MedVocabs, cfg: TensorConfig):
+    """`fill_sample`'s `ancestors`: (kind, token) -> id, counting nothing; None when off."""
+    if not cfg.ancestors:
+        return None
+    return lambda kind, token: getattr(vocabs, kind).id(token)
+
+
 def encode_samples(
     samples: Sequence[MedSample],
     vocabs: MedVocabs,
@@ -95,7 +111,14 @@ def encode_samples(
         visits = [(v.diagnoses, v.procedures, v.medications) for v in (*s.history, s.target)]
         # the target's medications are left out of the history (they are the answer)
         visits[-1] = (s.target.diagnoses, s.target.procedures, ())
-        fill_sample(out, i, visits, profile_tokens(s.target.profile), _encoder(vocabs, unknown))
+        fill_sample(
+            out,
+            i,
+            visits,
+            profile_tokens(s.target.profile),
+            _encoder(vocabs, unknown),
+            _ancestor_lookup(vocabs, cfg),
+        )
         for med_id in vocabs.medications.encode(s.target.medications, unknown):
             if med_id >= LABEL_OFFSET:
                 y[i, med_id - LABEL_OFFSET] = 1.0
@@ -120,5 +143,12 @@ def encode_visit(
     out = empty_inputs(1, cfg)
     visits = [*((tuple(d), tuple(p), tuple(m)) for d, p, m in history)]
     visits.append((tuple(diagnoses), tuple(procedures), ()))
-    fill_sample(out, 0, visits, profile_tokens(profile), _encoder(vocabs, unknown))
+    fill_sample(
+        out,
+        0,
+        visits,
+        profile_tokens(profile),
+        _encoder(vocabs, unknown),
+        _ancestor_lookup(vocabs, cfg),
+    )
     return out
