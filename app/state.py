@@ -13,6 +13,7 @@ domains know nothing of each other; only the idle timeout reaches across (`on_id
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 from app.kiosk import DEFAULT_IDLE_TIMEOUT, Kiosk, KioskSettings, PinStore
@@ -46,17 +47,22 @@ class AppState:
         backend: str = "auto",
         news_bundle: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] | None = None,
+        warm: bool = False,
     ) -> AppState:
         """Load the medication bundle (default: the shipped one), open the history (default:
         `default_db_path()`); `pin` (digits) sets the kiosk PIN, stored hashed; `news_bundle`:
-        the News tab's bundle (default: the shipped news demo), loaded when the tab opens."""
+        the News tab's bundle (default: the shipped news demo), loaded when the tab opens;
+        `warm`: build the code search's indexes in a background thread now."""
         loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle or DEFAULT_BUNDLE)
         history = History(db if db is not None else default_db_path())
         pins = PinStore.beside(history.path)
         if pin:
             pins.set_pin(pin)
+        medication = MedicationState(loaded, Recommender(loaded, backend=backend), history)
+        if warm:  # the ICD dictionary's type-ahead index takes seconds: build it meanwhile
+            threading.Thread(target=medication.warm_indexes, daemon=True).start()
         return cls(
-            MedicationState(loaded, Recommender(loaded, backend=backend), history),
+            medication,
             NewsState(history, news_bundle),
             Kiosk(pins, KioskSettings(enabled=kiosk, idle_timeout=idle_timeout), clock),
         )

@@ -80,7 +80,7 @@ def test_connection_is_wal_full_sync_with_foreign_keys(hist):
     assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
     assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
     names = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
-    assert names == ["m001_initial", "m002_news", "m003_item_vectors"]
+    assert names == ["m001_initial", "m002_news", "m003_item_vectors", "m004_drafts"]
 
 
 def test_reopening_does_not_migrate_again(db_path):
@@ -361,7 +361,12 @@ def test_export_patient_writes_only_that_patient(hist, tmp_path):
     document = json.loads((out / "pocketrec.json").read_text(encoding="utf-8"))
     assert document["format"] == "pocketrec-export/1"
     assert document["scope"] == "patient" and document["patient_id"] == ana
-    assert document["migrations"] == ["m001_initial", "m002_news", "m003_item_vectors"]
+    assert document["migrations"] == [
+        "m001_initial",
+        "m002_news",
+        "m003_item_vectors",
+        "m004_drafts",
+    ]
     assert [p["id"] for p in document["tables"]["patients"]] == [ana]
     assert document["tables"]["visits"][0]["diagnoses"] == ["I10", "E11"]  # decoded JSON
     assert len(document["tables"]["suggestions"]) == 3

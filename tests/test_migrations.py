@@ -79,6 +79,7 @@ EXPECTED_COLUMNS = {
         ("added", "INTEGER", 1, 0),
         ("vec", "BLOB", 1, 0),
     ],
+    "drafts": [("patient_id", "TEXT", 1, 1), ("updated", "TEXT", 1, 0), ("data", "TEXT", 1, 0)],
 }
 # explicit (non-automatic) indexes: name -> (table, columns, unique)
 EXPECTED_INDEXES = {
@@ -93,6 +94,7 @@ EXPECTED_FOREIGN_KEYS = {
     ("visits", "patient_id"): ("patients", "id"),
     ("suggestions", "visit_id"): ("visits", "id"),
     ("decisions", "visit_id"): ("visits", "id"),
+    ("drafts", "patient_id"): ("patients", "id"),
 }
 
 
@@ -132,7 +134,7 @@ def master_rows(db: sqlite_utils.Database) -> list[tuple]:
 
 def test_blank_database_gets_the_expected_schema(db):
     assert db.table_names() == []
-    assert migrate(db) == ["m001_initial", "m002_news", "m003_item_vectors"]
+    assert migrate(db) == ["m001_initial", "m002_news", "m003_item_vectors", "m004_drafts"]
     schema = schema_of(db)
     assert schema["tables"] == EXPECTED_COLUMNS
     assert schema["indexes"] == EXPECTED_INDEXES
@@ -217,7 +219,7 @@ def test_a_database_of_the_first_release_is_upgraded_in_place(db, monkeypatch):
         m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
         assert migrate(db) == ["m001_initial"]
     db.execute("INSERT INTO patients (id, display_name, created) VALUES ('p1', 'Ann', 't')")
-    assert migrate(db) == ["m002_news", "m003_item_vectors"]
+    assert migrate(db) == ["m002_news", "m003_item_vectors", "m004_drafts"]
     assert schema_of(db)["tables"] == EXPECTED_COLUMNS
     assert db.execute("SELECT display_name FROM patients").fetchall() == [("Ann",)]
 
@@ -228,30 +230,32 @@ def test_failing_migration_rolls_back_and_stays_pending(db, monkeypatch):
     calls = []
 
     @migration
-    def m004_flaky(database):
+    def m005_flaky(database):
         database.execute("CREATE TABLE half_done (x INTEGER)")
         database.execute("INSERT INTO half_done VALUES (1)")
         if not calls:
             calls.append(1)
             raise RuntimeError("boom")
 
-    assert registry[-1] is m004_flaky
+    assert registry[-1] is m005_flaky
     with pytest.raises(RuntimeError, match="boom"):
         migrate(db)
     assert [row["name"] for row in applied_migrations(db)] == [
         "m001_initial",
         "m002_news",
         "m003_item_vectors",
+        "m004_drafts",
     ]
     assert "half_done" not in db.table_names()
     assert "patients" in db.table_names()
     assert not db.conn.in_transaction
-    assert migrate(db) == ["m004_flaky"]
+    assert migrate(db) == ["m005_flaky"]
     assert [row["name"] for row in applied_migrations(db)] == [
         "m001_initial",
         "m002_news",
         "m003_item_vectors",
-        "m004_flaky",
+        "m004_drafts",
+        "m005_flaky",
     ]
     assert db.execute("SELECT x FROM half_done").fetchall() == [(1,)]
 
@@ -269,7 +273,7 @@ def test_a_database_whose_item_vector_cache_came_before_its_migration(db, monkey
     )
     db.execute("INSERT INTO item_vectors VALUES ('N1', 'b', 't', 'Title', 'c', 0, x'00')")
     db.conn.commit()
-    assert migrate(db) == ["m003_item_vectors"]
+    assert migrate(db) == ["m003_item_vectors", "m004_drafts"]
     assert schema_of(db)["tables"] == EXPECTED_COLUMNS
     assert db.execute("SELECT item_id FROM item_vectors").fetchall() == [("N1",)]
 

@@ -33,7 +33,8 @@ PROFILE_FIELDS = (
 DECISIONS = ("accepted", "rejected", "added")
 TABLES = ("patients", "visits", "suggestions", "decisions", "audit")
 ITEM_VECTORS_TABLE = "item_vectors"
-JSON_COLUMNS = {"visits": ("diagnoses", "procedures"), "audit": ("detail",)}
+DRAFTS_TABLE = "drafts"
+JSON_COLUMNS = {"visits": ("diagnoses", "procedures"), "audit": ("detail",), "drafts": ("data",)}
 DEFAULT_ACTOR = "clinician"  # the audit's actor when a caller names none
 
 Migration = Callable[[Database], None]
@@ -43,6 +44,7 @@ _NAME = re.compile(r"^m(\d{3})_[a-z0-9_]+$")
 __all__ = [
     "DECISIONS",
     "DEFAULT_ACTOR",
+    "DRAFTS_TABLE",
     "ITEM_VECTORS_TABLE",
     "JSON_COLUMNS",
     "MIGRATIONS",
@@ -190,6 +192,23 @@ CREATE TABLE IF NOT EXISTS {ITEM_VECTORS_TABLE} (
     category TEXT NOT NULL,
     added INTEGER NOT NULL,
     vec BLOB NOT NULL
+);
+""",
+    )
+
+
+@migration
+def m004_drafts(db: Database) -> None:
+    """The visit being entered, kept while it changes (`Records.save_draft`): one draft per
+    patient, `data` the visit's inputs, decisions and note as JSON, `updated` when it was last
+    written. A saved visit or a discarded draft deletes its row."""
+    _run(
+        db,
+        f"""
+CREATE TABLE {DRAFTS_TABLE} (
+    patient_id TEXT PRIMARY KEY NOT NULL REFERENCES patients(id),
+    updated TEXT NOT NULL,
+    data TEXT NOT NULL CHECK (json_valid(data))
 );
 """,
     )

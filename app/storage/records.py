@@ -9,6 +9,7 @@ durably on disk; if it raises, none is.
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -26,8 +27,14 @@ __all__ = ["Records", "casefold"]
 
 
 def casefold(value: Any) -> str:
-    """The patient search's case folding (registered in SQLite as `pr_casefold`)."""
-    return "" if value is None else str(value).casefold()
+    """The patient search's folding (registered in SQLite as `pr_casefold`): case and accents
+    ("José" -> "jose", "Łukasz" stays "łukasz": only combining marks are dropped)."""
+    if value is None:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", str(value).casefold())
+    return unicodedata.normalize(
+        "NFC", "".join(c for c in decomposed if not unicodedata.combining(c))
+    )
 
 
 def _codes(values: Iterable[Any], what: str) -> list[str]:
@@ -139,8 +146,9 @@ class Records:
 
     @guarded
     def search_patients(self, text: str = "", *, limit: int = 100) -> list[dict]:
-        """Patients whose name contains `text` or whose id starts with it (case-insensitive,
-        Unicode-aware); names that start with `text` come first. Empty text lists everyone."""
+        """Patients whose name contains `text` or whose id starts with it (case- and
+        accent-insensitive: "jose" finds "José"); names that start with `text` come first.
+        Empty text lists everyone."""
         needle = casefold(text.strip())
         return self._rows(
             """
@@ -153,6 +161,45 @@ class Records:
             """,
             (needle, needle, needle, needle, needle, int(limit)),
         )
+
+    # -- drafts: the visit being entered, kept while it changes
+
+    @guarded
+    def save_draft(self, patient_id: str, data: Mapping[str, Any]) -> str:
+        """Keep `data` (JSON-serialisable: the open visit's inputs, decisions and note) as the
+        patient's draft, replacing the previous one, durably (one transaction). Returns the
+        `updated` timestamp written. Not audited: it is written on every change."""
+        text = json.dumps(dict(data), sort_keys=True, ensure_ascii=False)
+        updated = utc_now()
+        with self._write():
+            self._require_patient(patient_id)
+            self.db.execute(
+                "INSERT INTO drafts (patient_id, updated, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (patient_id) DO UPDATE SET updated = excluded.updated, "
+                "data = excluded.data",
+                (patient_id, updated, text),
+            )
+        return updated
+
+    @guarded
+    def get_draft(self, patient_id: str) -> dict | None:
+        """The patient's draft {patient_id, updated, data (decoded)}, or None."""
+        rows = self._rows("SELECT * FROM drafts WHERE patient_id = ?", (patient_id,))
+        return decode_json_columns("drafts", rows[0]) if rows else None
+
+    @guarded
+    def delete_draft(
+        self, patient_id: str, *, discarded: bool = False, actor: str = DEFAULT_ACTOR
+    ) -> bool:
+        """Drop the patient's draft (after a save, or `discarded` by the clinician: audited).
+        Returns whether there was one."""
+        with self._write():
+            gone = self.db.execute(
+                "DELETE FROM drafts WHERE patient_id = ?", (patient_id,)
+            ).rowcount
+            if gone and discarded:
+                self._insert_audit("discard_draft", actor=actor, patient_id=patient_id)
+        return bool(gone)
 
     # -- visits
 
@@ -171,7 +218,8 @@ class Records:
     ) -> str:
         """Record one visit, the suggestions as shown (rank = position, from 1) and the
         clinician's decisions {code: 'accepted'|'rejected'|'added'}, with its audit row, in ONE
-        transaction: when this returns, all of it is durably on disk; if it raises, none is."""
+        transaction (which also drops the patient's draft): when this returns, all of it is
+        durably on disk; if it raises, none is."""
         dx = _codes(diagnoses, "diagnoses")
         px = _codes(procedures, "procedures")
         decisions = dict(decisions)
@@ -219,6 +267,8 @@ class Records:
                 self.db.table("suggestions").insert_all(suggestion_rows)
             if decision_rows:
                 self.db.table("decisions").insert_all(decision_rows)
+            # the visit is saved: its draft goes in the same transaction
+            self.db.execute("DELETE FROM drafts WHERE patient_id = ?", (patient_id,))
             self._insert_audit(
                 "save_visit",
                 actor=actor,
