@@ -22,6 +22,9 @@ added first in `<head>`:
   `RiveNative()` rejects: Flet's Rive support then reports itself unavailable at once, and the
   page neither asks the CDN nor trips the policy.
 
+The shipped fonts (`app.fonts`) are copied into that folder's `fonts/`, so the page asks the
+app's own server for them.
+
 It also pins `FLET_ASSETS_DIR` (which would replace that folder) and `FLET_WEB_NO_CDN=1` (flet-web
 reads it over `no_cdn`) in the environment, as `app.main.run` does with the server's address.
 """
@@ -123,6 +126,12 @@ def prepare_client(port: int) -> str:
     (folder / "index.html").write_text(page, encoding="utf-8")
     (folder / STUB_DIR).mkdir()
     (folder / RIVE_STUB).write_text(RIVE_STUB_JS, encoding="utf-8")
+    from app.fonts import ASSET_PREFIX, font_files
+
+    fonts = folder / ASSET_PREFIX
+    fonts.mkdir()
+    for path in font_files():
+        shutil.copyfile(path, fonts / path.name)
     os.environ["FLET_ASSETS_DIR"] = str(folder)
     os.environ["FLET_WEB_NO_CDN"] = "1"
     return str(folder)

@@ -49,6 +49,12 @@ __all__ = [
 ]
 
 
+def _age(hours: float) -> str:
+    if hours < 48:
+        return f"{hours:.0f} h"
+    return f"{hours / 24:.0f} days"
+
+
 class NewsError(Exception):
     """A news problem the reader can act on (no bundle, a bad news.tsv); the message says what."""
 
@@ -272,21 +278,49 @@ class NewsState:
         )
         method = ranking.method if used or counts is not None else "start"
         entries = [
-            FeedEntry(r.item_id, r.title, r.category, r.score, self._reason(r.item_id, history))
+            FeedEntry(
+                r.item_id,
+                r.title,
+                r.category,
+                r.score,
+                self._reason(r.item_id, history, ranking.method, r.score),
+            )
             for r in ranking.items
         ]
         return Feed(entries, method, catalog, len(ranking.history_used), len(ids))
 
-    def _reason(self, item_id: str, history: list[str]) -> str:
+    def _reason(
+        self, item_id: str, history: list[str], method: str | None = None, score: float = 0.0
+    ) -> str:
+        """Why `item_id` is where it is, in words that match how it was ranked: for the model,
+        the opened items whose vectors point the same way (positive cosine only: a negative one
+        is not "close"); for the popular-and-recent start, the opens *and* the age discount
+        that together make its weight (the order is by that weight, not by the opens alone)."""
         ranker = self._ready()
-        close = ranker.why(item_id, history, top_n=WHY_ITEMS)
-        if close:
-            items = ranker.store.items
-            names = "; ".join(f"{items[i].title} ({cos:.2f})" for i, cos in close)
-            return f"Close to what you opened: {names}"
-        clicks = ranker.bundle.clicks.get(item_id)
+        known = [i for i in history if i in ranker.store]
+        if method is None:
+            method = "model" if known else "popular"
+        if method == "model" and known:
+            close = [(i, cos) for i, cos in ranker.why(item_id, known, top_n=WHY_ITEMS) if cos > 0]
+            if close:
+                items = ranker.store.items
+                names = "; ".join(f"{items[i].title} (similarity {cos:.2f})" for i, cos in close)
+                return f"Close to what you opened: {names}"
+            return "Ranked from your opened items taken together; none of them alone is close to it"
+        bundle = ranker.bundle
+        clicks = bundle.clicks.get(item_id)
         if clicks:
-            return f"Popular: opened {int(clicks)} times in the catalog's history"
+            half_life = float(bundle.cold_start["half_life_hours"])
+            published = bundle.seen.get(item_id)
+            if published is None:
+                return f"Popular: opened {int(clicks)} times in the catalog's history"
+            age_h = max(0.0, float(bundle.cold_start["now"]) - float(published)) / 3600.0
+            weight = float(clicks) * 0.5 ** (age_h / half_life)
+            return (
+                f"Popular and recent: opened {int(clicks)} times, {_age(age_h)} old, "
+                f"so weight {weight:.1f} (opens halved every {half_life:g} h of age; "
+                "the feed is in order of weight)"
+            )
         return "New to you: no reading history to compare with yet"
 
     # -- reading
@@ -296,7 +330,7 @@ class NewsState:
         ranker = self._ready()
         if item_id not in ranker.store:
             raise NewsError(f"unknown news item {item_id!r}")
-        reason = self._reason(item_id, self.clicks())
+        reason = self._reason(item_id, self.clicks())  # as it was ranked before this click
         self.records.add_click(item_id)
         item = ranker.store.items[item_id]
         extra = self._articles.get(item_id, {})

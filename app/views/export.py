@@ -1,4 +1,7 @@
-"""Export: the open patient's history, or all of it, as CSV files and JSON into a folder."""
+"""Export: the open patient's history, or all of it, as CSV files and JSON into a folder.
+
+In kiosk mode (a shared device) the folder cannot be typed and the whole history cannot be
+exported: the open patient's export goes to a new folder under exports/ beside the database."""
 
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ class ExportView:
         self.all_button = ft.OutlinedButton(
             "Export all history", icon=ft.Icons.FOLDER_ZIP, on_click=self._on_all
         )
+        # hide the Semantics wrapper, not its content (Flet 1.0 shows an error box otherwise)
+        self.folder_box = tid("export-folder", self.folder)
+        self.kiosk_note = ft.Text("", size=13, color=ft.Colors.GREY_700)
         self.message = ft.Text("")
         self.paths = ft.Column(spacing=2)
         self.root = ft.Column(
@@ -38,7 +44,8 @@ class ExportView:
                     "CSV files (one per table) and pocketrec.json, written atomically. "
                     "The files hold patient data: keep them on encrypted storage."
                 ),
-                tid("export-folder", self.folder),
+                self.folder_box,
+                tid("export-kiosk", self.kiosk_note),
                 ft.Row(
                     [
                         tid("export-patient", self.patient_button),
@@ -55,6 +62,16 @@ class ExportView:
         )
 
     def refresh(self) -> None:
+        kiosk = self.state.kiosk.enabled
+        self.folder_box.visible = not kiosk
+        self.all_button.disabled = kiosk
+        self.kiosk_note.value = (
+            "Kiosk mode: this patient's export goes to a new folder under "
+            f"{self.state.history.path.parent / 'exports'}; the folder cannot be chosen and the "
+            "whole history cannot be exported here (use `pocketrec app backup` on the device)."
+            if kiosk
+            else ""
+        )
         patient = self.state.medication.patient
         self.patient_button.disabled = patient is None
         self.patient_button.content = (
@@ -70,11 +87,14 @@ class ExportView:
         await self._export(self.state.medication.export_patient)
 
     async def _on_all(self, e: ft.Event[ft.Control]) -> None:
+        if self.state.kiosk.enabled:  # the button is disabled there; refuse all the same
+            return
         await self._export(self.state.medication.export_all)
 
     async def _export(self, export) -> None:
         self.state.touch()
-        folder = (self.folder.value or "").strip() or None
+        # kiosk: never a typed server-side folder
+        folder = None if self.state.kiosk.enabled else (self.folder.value or "").strip() or None
         self.message.value = "Exporting…"
         self.message.color = None
         self.paths.controls = []

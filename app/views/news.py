@@ -8,12 +8,15 @@ the click that is stored), and the import field. Ranking and storage live in `ap
 from __future__ import annotations
 
 import asyncio
+import time
 
 import flet as ft
 
 from app.news.state import DEMO, IMPORTED, Article, Feed, FeedEntry, NewsError
 from app.storage.errors import HistoryError
 from app.views.common import DANGER, MUTED, Shell, heading, ident, muted, tid
+
+DOUBLE_TAP_S = 1.5  # Flutter web can deliver one tap on a list tile twice: one open, one click
 
 CATALOG_LABELS = {DEMO: "Demo catalog", IMPORTED: "Imported news"}
 
@@ -26,6 +29,7 @@ class NewsView:
         self.shell = shell
         self.news = shell.state.news
         self.catalog = DEMO
+        self._last_open: tuple[str, float] = ("", 0.0)  # a tap delivered twice opens once
         self.basis_text = ft.Text("", color=MUTED, size=13)
         self.feed_column = ft.Column(spacing=6)
         self.article = ft.Column(spacing=6)
@@ -128,6 +132,9 @@ class NewsView:
         self.catalog_switch.selected = [self.catalog]
 
     def _show_feed(self, feed: Feed) -> None:
+        need = getattr(self.shell, "need_fonts", None)
+        if need is not None:  # titles in other scripts: their fonts first
+            need(*(e.title for e in feed.entries))
         self.basis_text.value = feed.basis
         self.feed_column.controls = [self._row(k, e) for k, e in enumerate(feed.entries)] or [
             muted("Nothing left to read in this catalog.", "news-empty")
@@ -151,6 +158,11 @@ class NewsView:
 
     async def _open(self, item_id: str) -> None:
         self.shell.state.touch()
+        now = time.monotonic()
+        last, when = self._last_open
+        if item_id == last and now - when < DOUBLE_TAP_S:
+            return
+        self._last_open = (item_id, now)
         try:
             article = await asyncio.to_thread(self.news.open_item, item_id)
             feed = await asyncio.to_thread(self.news.feed, self.catalog)

@@ -1,4 +1,6 @@
-"""Patients: find one by name (or id prefix), or create one with the profile the model reads."""
+"""Patients: find one by name (or id prefix; case- and accent-insensitive), or create one with
+the profile the model reads. Every profile field is a drop-down: the values the model knows, or,
+for a field it does not read, common values (labelled as not used by the model)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ FIELD_LABELS = {
     "religion": "Religion",
 }
 UNKNOWN = "(unknown)"
+# a data source's own spelling of "unknown": folded into UNKNOWN, never offered as a value
+UNKNOWN_VALUES = {"?", "unknown", "unk", "none", "not specified", "unobtainable"}
+# a field the model does not read still gets a drop-down (no free text beside the others)
+COMMON_VALUES = {
+    "religion": (
+        "BUDDHIST", "CATHOLIC", "CHRISTIAN", "HINDU", "JEWISH", "MUSLIM", "NONE", "OTHER",
+        "PROTESTANT",
+    ),
+}  # fmt: skip
 
 
 class PatientsView:
@@ -37,23 +48,25 @@ class PatientsView:
             on_change=self._on_search,
             width=420,
         )
-        self.results = ft.Column(spacing=0)
-        self.name = ft.TextField(label="Name", width=420, on_submit=self._on_create)
-        self.fields: dict[str, ft.Dropdown | ft.TextField] = {}
+        # a new Column for every new list (see `_set_rows`)
+        self.results = ft.Container(content=ft.Column(spacing=0))
+        self.name = ft.TextField(
+            label="Name", width=420, on_submit=self._on_create, on_change=self._on_name
+        )
+        self.fields: dict[str, ft.Dropdown] = {}
         options = self.state.medication.profile_options()
         for name in PROFILE_FIELDS:
             label = FIELD_LABELS[name]
-            if options.get(name):
-                values = [UNKNOWN, *options[name]]
-                control: ft.Dropdown | ft.TextField = ft.Dropdown(
-                    label=label,
-                    width=200,
-                    value=UNKNOWN,
-                    options=[ft.DropdownOption(key=v, text=v) for v in values],
-                )
-            else:
-                control = ft.TextField(label=label, width=200)
-            self.fields[name] = control
+            known = [v for v in options.get(name, []) if v.strip().lower() not in UNKNOWN_VALUES]
+            values = known or list(COMMON_VALUES.get(name, ("OTHER",)))
+            if not known:
+                label += " (not used by this model)"
+            self.fields[name] = ft.Dropdown(
+                label=label,
+                width=200,
+                value=UNKNOWN,
+                options=[ft.DropdownOption(key=v, text=v) for v in [UNKNOWN, *values]],
+            )
         self.form_error = ft.Text("", color=ft.Colors.RED_800)
         self.root = ft.Column(
             [
@@ -88,42 +101,63 @@ class PatientsView:
         self._show_results()
 
     def reset(self) -> None:
-        """Forget what was typed (the kiosk's idle timeout)."""
+        """Forget what was typed (the kiosk's idle timeout, "Close patient")."""
         self.search.value = ""
         self.name.value = ""
         for control in self.fields.values():
-            control.value = UNKNOWN if isinstance(control, ft.Dropdown) else ""
+            control.value = UNKNOWN
         self.form_error.value = ""
-        self.results.controls = []
+        self._show_results()
 
     def _show_results(self) -> None:
+        """The rows for the search text (all patients, or a hint, when it is empty)."""
         text = (self.search.value or "").strip()
         if not text and self.state.kiosk.enabled:
-            self.results.controls = [muted("Type a name to find a patient.")]
+            self._set_rows([], muted("Type a name to find a patient.", "patient-hint"))
             return
         rows = self.state.medication.search_patients(text, limit=20)
         if not rows:
-            self.results.controls = [muted("No patient found.", "patient-none")]
+            if text:
+                line = muted(f'No patient found for "{text}".', "patient-none")
+            else:
+                line = muted("No patients yet: create one below.", "patient-hint")
+            self._set_rows([], line)
             return
-        self.results.controls = [
-            tid(
-                ident("patient-result", i),
-                ft.ListTile(
-                    leading=ft.Icon(ft.Icons.PERSON),
-                    title=ft.Text(row["display_name"]),
-                    subtitle=ft.Text(_profile_line(row), size=12),
-                    on_click=self._opener(row["id"]),
-                    dense=True,
-                ),
-            )
-            for i, row in enumerate(rows)
-        ]
+        self._set_rows(rows)
+
+    def _set_rows(self, rows: list[dict], line: ft.Control | None = None) -> None:
+        """A new Column each time: Flet 1.0 left the rows of a shorter new list behind on the
+        page (dead, untappable duplicates) when the old Column's list was changed while the
+        view was off screen ("Close patient" resets it) and the view came back."""
+        need = getattr(self.shell, "need_fonts", None)
+        if need is not None:  # names in other scripts: their fonts first
+            need(*(row["display_name"] for row in rows), self.search.value or "")
+        controls = [self._row(i, row) for i, row in enumerate(rows)] or ([line] if line else [])
+        self.results.content = ft.Column(controls, spacing=0)
+
+    def _row(self, i: int, row: dict) -> ft.Control:
+        return tid(
+            ident("patient-result", i),
+            ft.ListTile(
+                leading=ft.Icon(ft.Icons.PERSON),
+                title=ft.Text(row["display_name"]),
+                subtitle=ft.Text(_profile_line(row), size=12),
+                on_click=self._opener(row["id"]),
+                dense=True,
+            ),
+        )
 
     # -- handlers
 
     def _on_search(self, e: ft.Event[ft.TextField]) -> None:
         self.state.touch()
         self._show_results()
+
+    def _on_name(self, e: ft.Event[ft.TextField]) -> None:
+        self.state.touch()
+        need = getattr(self.shell, "need_fonts", None)
+        if need is not None:
+            need(self.name.value or "")
 
     def _opener(self, patient_id: str):
         async def open_patient(e: ft.Event[ft.ListTile]) -> None:
