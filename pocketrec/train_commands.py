@@ -59,7 +59,13 @@ def cmd_distill_news(args: argparse.Namespace) -> int:
         return _fail(f"distill: {e}")
     try:
         report = run_news(
-            out, data, teacher_cfg=teacher, quick=args.quick, force=args.force, source=args.source
+            out,
+            data,
+            teacher_cfg=teacher,
+            quick=args.quick,
+            force=args.force,
+            source=args.source,
+            unknown_candidates=getattr(args, "mind_unknown", "skip"),
         )
     finally:
         if args.source is not None:  # the converted MovieLens copy was ours
@@ -104,7 +110,15 @@ def _distill_config(args: argparse.Namespace):
     from distill.medication.run import RunConfig
     from distill.medication.train import DistillConfig
 
-    teacher = TeacherConfig(backbone=args.teacher, lora=not args.full_finetune)
+    if args.frozen_teacher and args.full_finetune:
+        raise ValueError("--frozen-teacher and --full-finetune exclude each other")
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    teacher = TeacherConfig(
+        backbone=args.teacher, lora=not args.full_finetune, frozen=args.frozen_teacher
+    )
     teacher = replace(teacher, epochs=args.teacher_epochs, max_length=args.max_length)
     return RunConfig(
         data=DataConfig(
@@ -116,9 +130,12 @@ def _distill_config(args: argparse.Namespace):
             seed=args.seed,
         ),
         teacher=teacher,
-        tensors=TensorConfig(),
+        tensors=TensorConfig(ancestors=args.ancestors),
         distill=DistillConfig(alpha=args.alpha, beta=args.beta, seed=args.seed),
         online_kd=args.online_kd,
+        seeds=seeds,
+        selection=args.selection,
+        features_from=str(args.features_from) if args.features_from else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -58,3 +59,55 @@ def test_app_refuses_an_unusable_database_or_bundle_before_serving(tmp_path):
     result = cli("app", "--web", "--db", str(tmp_path / "ok.db"), "--bundle", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pocketrec: error: app:" in result.stderr
+
+
+# ------------------------------------------------------------------ pocketrec recommend
+
+
+def recommend(*args: str) -> subprocess.CompletedProcess:
+    return cli("recommend", *args)
+
+
+def test_no_known_code_is_refused_plainly():
+    r = recommend("--dx", "XYZ123")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "XYZ123" in r.stderr and "icd9cm:" in r.stderr and "icd10cm:" in r.stderr
+    r = recommend("--dx", "icd9cm:XYZ123")
+    assert r.returncode == 2 and "no known code" in r.stderr and "base rates" in r.stderr
+
+
+def test_a_code_without_its_system_is_resolved_when_unambiguous():
+    bare = json.loads(recommend("--dx", "4019,427.31", "--json").stdout)
+    full = json.loads(recommend("--dx", "icd9cm:4019,icd9cm:42731", "--json").stdout)
+    assert bare["diagnoses"] == ["icd9cm:4019", "icd9cm:42731"]
+    assert bare["drugs"] == full["drugs"] and bare["unknown_codes"] == []
+
+
+def test_a_malformed_or_unknown_profile_field_is_refused():
+    for bad in ("gender", "gender=", "sex=F"):
+        r = recommend("--dx", "icd9cm:4019", "--profile", bad)
+        assert r.returncode == 2 and "--profile" in r.stderr and "gender" in r.stderr, bad
+    r = recommend("--dx", "icd9cm:4019", "--profile", "gender=F,age_band=70-79", "--json")
+    assert r.returncode == 0, r.stderr
+
+
+def test_text_output_explains_the_marker_the_cut_and_both_drugs_of_a_pair():
+    r = recommend("--dx", "4280,42731,25000", "--profile", "gender=F")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(
+        recommend("--dx", "4280,42731,25000", "--profile", "gender=F", "--json").stdout
+    )
+    assert "* = suggested" in r.stdout and "threshold 0.35" in r.stdout
+    assert out["n_suggested"] > out["shown"] == 10  # the default cap cuts this visit
+    assert f"10 of {out['n_suggested']} suggested classes shown" in r.stdout
+    pair = out["ddi"][0]
+    assert set(pair) == {"a", "name_a", "b", "name_b"}
+    line = next(x for x in r.stdout.splitlines() if x.startswith("! interaction"))
+    assert pair["a"] in line and pair["name_a"] in line and pair["b"] in line
+    assert pair["name_b"] in line and "GAMENet/TWOSIDES" in r.stdout
+    every = json.loads(
+        recommend(
+            "--dx", "4280,42731,25000", "--profile", "gender=F", "--top", "0", "--json"
+        ).stdout
+    )
+    assert every["suggested_not_shown"] == 0 and len(every["drugs"]) > out["n_suggested"]
