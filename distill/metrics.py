@@ -37,10 +37,12 @@ import numpy as np
 
 __all__ = [
     "auc",
+    "average_precision_per_sample",
     "avg_drugs",
     "ddi_rate",
     "f1",
     "jaccard",
+    "jaccard_per_sample",
     "medication_metrics",
     "mrr",
     "ndcg",
@@ -92,13 +94,17 @@ def jaccard(y_true, y_pred) -> float:
     0 (the convention GAMENet / SafeDrug intend -- their code writes ``0 if union == 0``).
     Returns the mean over samples, in ``[0, 1]``.
     """
+    return float(jaccard_per_sample(y_true, y_pred).mean())
+
+
+def jaccard_per_sample(y_true, y_pred) -> np.ndarray:
+    """The per-sample Jaccard indices [n_samples] that :func:`jaccard` averages."""
     t = _binary("y_true", y_true, 2)
     p = _binary("y_pred", y_pred, 2)
     _same_shape("y_true", t, "y_pred", p)
     inter = (t & p).sum(axis=1)
     union = (t | p).sum(axis=1)
-    per_sample = np.divide(inter, union, out=np.zeros(len(t)), where=union > 0)
-    return float(per_sample.mean())
+    return np.divide(inter, union, out=np.zeros(len(t)), where=union > 0)
 
 
 def f1(y_true, y_pred) -> float:
@@ -133,13 +139,22 @@ def prauc(y_true, y_score) -> float:
     ``R_0 = 0``. Samples without any positive label are skipped (AP is undefined for
     them); if no sample has a positive the result is 0.0.
     """
+    ap = average_precision_per_sample(y_true, y_score)
+    ap = ap[~np.isnan(ap)]
+    return float(ap.mean()) if len(ap) else 0.0
+
+
+def average_precision_per_sample(y_true, y_score) -> np.ndarray:
+    """The per-sample average precisions [n_samples] that :func:`prauc` averages; NaN for a
+    sample without any positive label (AP is undefined there, and :func:`prauc` skips it)."""
     t = _binary("y_true", y_true, 2)
     s = _real("y_score", y_score, 2)
     _same_shape("y_true", t, "y_score", s)
     n_pos = t.sum(axis=1)
     keep = n_pos > 0
+    out = np.full(len(t), np.nan)
     if not keep.any():
-        return 0.0
+        return out
     t, s, n_pos = t[keep], s[keep], n_pos[keep]
     order = np.argsort(-s, axis=1, kind="stable")
     s_sorted = np.take_along_axis(s, order, axis=1)
@@ -154,7 +169,8 @@ def prauc(y_true, y_score) -> float:
     prev_tp[:, 1:] = np.maximum.accumulate(tp_at_ends, axis=1)[:, :-1]
     n_admitted = np.arange(1, t.shape[1] + 1)
     terms = np.where(is_end, (tp - prev_tp) * (tp / n_admitted), 0.0)
-    return float((terms.sum(axis=1) / n_pos).mean())
+    out[keep] = terms.sum(axis=1) / n_pos
+    return out
 
 
 def _ddi_adjacency(ddi_pairs: Iterable, n_labels: int) -> np.ndarray:

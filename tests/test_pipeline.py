@@ -32,6 +32,7 @@ from distill.metrics import jaccard
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 2
+SEEDS = (0, 1)
 RATES = ("jaccard", "f1", "prauc", "ddi_rate")
 FOLD_FILES = (
     "features.safetensors",
@@ -54,6 +55,9 @@ def run(tmp_path_factory, llama_dir):
         teacher=TeacherConfig(backbone=llama_dir, epochs=1, max_length=64, batch_size=16),
         tensors=TensorConfig(),
         distill=DistillConfig(max_epochs=3, patience=2),
+        seeds=SEEDS,
+        inner_folds=2,
+        inner_max_epochs=3,
     )
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
@@ -88,12 +92,26 @@ def test_report(run):
     assert report["samples"] >= 10 and report["labels"] == len(
         json.loads((out / "labels.json").read_text())
     )
-    assert len(report["chosen_on_validation"]) == FOLDS
+    assert len(report["chosen_on_validation"]) == FOLDS * len(SEEDS)
+    assert report["seeds"] == list(SEEDS) and "inner 2-fold" in report["selection"]
+    runs = report["runs"]
+    assert [(r["seed"], r["fold"]) for r in runs] == [(s, f) for f in range(FOLDS) for s in SEEDS]
+    for name in ("jaccard", "prauc"):  # the summary is over seeds x folds
+        vals = [r["models"]["student_kd"][name] for r in runs]
+        assert report["models"]["student_kd"][name] == pytest.approx(np.mean(vals), abs=1e-4)
+        assert report["models"]["student_kd"][f"{name}_std"] == pytest.approx(
+            np.std(vals), abs=1e-4
+        )
+    paired = report["paired"]["student_kd - previous_visit"]["prauc"]
+    assert len(paired["per_fold"]) == FOLDS and 0 <= paired["wins"] <= FOLDS
+    lo, hi = paired["bootstrap_95"]
+    assert lo <= paired["pooled_mean"] <= hi and 0 <= paired["sign_test_p"] <= 1
     assert report["wall_s"]["total"] > 0
 
     md = (out / "report.md").read_text(encoding="utf-8")
     for name in MODELS:
         assert f"| {name} |" in md
+    assert "| student_kd - student_nokd | prauc |" in md
     assert (out / "config.json").is_file() and (out / "prompts.jsonl").is_file()
 
 
@@ -153,6 +171,9 @@ def test_run_keeps_what_export_needs(run):
     for fold in range(FOLDS):
         _, va, te = fold_indices(samples, d.folds, fold, d.seed)
         held = read_heldout(out / f"fold{fold}")
+        # the students trained on the validation patients (inner k-fold, then refit):
+        # only the test patients are held out
+        va = va if cfg.selection == "validation" else va[:0]
         rows = np.concatenate([va, te])
         assert held.n_validation == len(va)
         assert held.sample_ids == [samples[i].sample_id for i in rows]
@@ -241,3 +262,34 @@ def test_cli_refuses_a_non_empty_out_folder(tmp_path):
     assert done.stdout == ""
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_frozen_teacher_extracts_features_once(tmp_path, llama_dir):
+    """A frozen (label-free) teacher: one features file for all folds, a linear probe as the
+    teacher row; a second run reuses those features without any teacher."""
+    cfg = RunConfig(
+        data=DataConfig(source="mimic4-demo", folds=FOLDS),
+        teacher=TeacherConfig(backbone=llama_dir, frozen=True, max_length=64, batch_size=16),
+        tensors=TensorConfig(),
+        distill=DistillConfig(max_epochs=2, patience=1),
+        seeds=(0,),
+        selection="validation",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_distill(tmp_path / "frozen", cfg)
+        reused = run_distill(
+            tmp_path / "reused", replace(cfg, features_from=str(tmp_path / "frozen"))
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "frozen" / "features.safetensors").is_file()
+    for fold in range(FOLDS):
+        assert not (tmp_path / "frozen" / f"fold{fold}" / "features.safetensors").exists()
+        assert not (tmp_path / "reused" / f"fold{fold}" / "teacher").exists()
+    assert report["teacher"]["frozen"] and report["params"]["teacher"] > 0
+    assert set(report["models"]) == set(MODELS)
+    assert report["models"]["teacher"] == reused["models"]["teacher"]
+    assert report["models"]["student_kd"] == reused["models"]["student_kd"]

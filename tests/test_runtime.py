@@ -54,10 +54,10 @@ TCFG = dt.TensorConfig(
 )
 
 
-def student_config(repeat_head: bool) -> StudentConfig:
+def student_config(repeat_head: bool, wide: bool = False) -> StudentConfig:
     return StudentConfig.from_vocabs(
         VOCABS, dim=32, heads=4, visit_layers=2, teacher_dim=16, max_visits=4,
-        repeat_head=repeat_head,
+        repeat_head=repeat_head, wide=wide,
     )  # fmt: skip
 
 
@@ -67,7 +67,7 @@ def random_model(cfg: StudentConfig, seed: int) -> LeaderStudent:
     model = LeaderStudent(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("repeat_"):
+            if name.startswith("repeat_") or name == "wide.weight":
                 p.copy_(torch.randn_like(p) * 2.0)
             else:
                 p.add_(torch.randn_like(p) * 0.2)
@@ -170,11 +170,16 @@ def build_bundle(folder: Path, model: LeaderStudent, onnx_path: Path, threshold=
     return folder
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["repeat_head", "no_repeat_head"])
+@pytest.fixture(
+    scope="module",
+    params=[(True, True), (True, False), (False, False)],
+    ids=["repeat_head_wide", "repeat_head", "no_repeat_head"],
+)
 def built(request, tmp_path_factory):
-    """(model, bundle folder) for a random student with / without the repeat head."""
+    """(model, bundle folder) for a random student with / without the repeat head / wide path."""
     tmp = tmp_path_factory.mktemp("bundle")
-    model = random_model(student_config(request.param), seed=11 if request.param else 12)
+    repeat, wide = request.param
+    model = random_model(student_config(repeat, wide), seed=11 if repeat else 12)
     export_onnx(model, tmp / "student.onnx")
     return model, build_bundle(tmp / "bundle", model, tmp / "student.onnx")
 
@@ -304,6 +309,7 @@ def test_backends_match_torch(built):
     ort_rec = Recommender(bundle, backend="onnxruntime")
     np_rec = Recommender(bundle, backend="numpy")
     assert np_rec.engine.repeat_head == model.config.repeat_head
+    assert np_rec.engine.wide == model.config.wide
     rng = np.random.default_rng(7)
     worst = {"numpy-torch": 0.0, "ort-torch": 0.0, "numpy-ort": 0.0}
     cases = []
@@ -331,6 +337,13 @@ def test_backends_match_torch(built):
         without = encode_visit(bundle, dx, px, [(["icd9cm:402"], [], [])], profile)[0]
         lift = np_rec.logits(with_med)[0] - np_rec.logits(without)[0]
         assert abs(lift[0]) > 0.5
+    # the wide path really contributes: a current diagnosis moves every label by its wide row
+    if model.config.wide:
+        a = encode_visit(bundle, ["icd9cm:401"], [], [], ())[0]
+        b = encode_visit(bundle, ["icd9cm:401", "icd9cm:405"], [], [], ())[0]
+        row = model.wide.weight[bundle.vocabs["diagnoses"]["icd9cm:405"]].detach().numpy()
+        moved = np_rec.logits(b)[0] - np_rec.logits(a)[0]
+        assert np.corrcoef(moved, row)[0, 1] > 0.9
 
 
 def test_float16_numpy_weights_stay_close_to_onnxruntime(built, tmp_path):
@@ -348,7 +361,34 @@ def test_float16_numpy_weights_stay_close_to_onnxruntime(built, tmp_path):
     # the ranking a clinician sees is the same
     assert (np.argsort(-got, axis=1)[:, :5] == np.argsort(-want, axis=1)[:, :5]).mean() > 0.95
     with pytest.raises(ValueError, match="dtype"):
-        save_numpy_weights(model, model.config, half, dtype="int8")
+        save_numpy_weights(model, model.config, half, dtype="int4")
+
+
+def test_int8_numpy_weights_keep_the_ranking(built, tmp_path, monkeypatch):
+    """int8 tables (per-row scale) for the numpy fallback: a quarter of the bytes, same top 5."""
+    import export.medication.weights as mw
+
+    monkeypatch.setattr(mw, "INT8_MIN_SIZE", 256)  # the test tables are small
+    model, folder = built
+    bundle = load_bundle(folder)
+    small = tmp_path / "weights8.npz"
+    save_numpy_weights(model, model.config, small, dtype="int8")
+    with np.load(small, allow_pickle=False) as z:
+        assert z["embed.weight"].dtype == np.int8 and "embed.weight.qscale" in z.files
+        assert ("wide.weight.qscale" in z.files) == model.config.wide
+    engine = NumpyBackend(small, bundle.manifest["student_config"])
+    assert engine.wide == model.config.wide
+    inputs = random_batch(model.config, b=8, v=6, seed=3)
+    got, want = engine.run(inputs), torch_logits(model, inputs)
+    assert float(np.abs(got - want).max()) < 0.3
+    assert (np.argsort(-got, axis=1)[:, :5] == np.argsort(-want, axis=1)[:, :5]).mean() >= 0.85
+    with np.load(small, allow_pickle=False) as z:  # a scale without its table is refused
+        arrays = {k: z[k] for k in z.files}
+    arrays["embed.weight"] = arrays["embed.weight"].astype(np.float32)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(BundleError, match="qscale"):
+        NumpyBackend(bad, bundle.manifest["student_config"])
 
 
 def test_numpy_features_match_torch(built):
@@ -386,7 +426,8 @@ def test_numpy_weights_file_holds_the_state_dict_only(built):
             assert z[k].dtype == np.float32
             np.testing.assert_array_equal(z[k], model.state_dict()[k].numpy())
     with pytest.raises(ValueError, match="config"):
-        save_numpy_weights(model, student_config(not model.config.repeat_head), folder / "x.npz")
+        other = student_config(not model.config.repeat_head, model.config.wide)
+        save_numpy_weights(model, other, folder / "x.npz")
     assert not (folder / "x.npz").exists()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
 

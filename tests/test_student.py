@@ -253,3 +253,54 @@ def test_repeat_head_lifts_the_previous_visits_drugs():
     cur_only = torch.tensor([[[0, 0], [4, 7]]])
     same, _ = model(dx, px, cur_only, mask, profile)
     assert (same - base)[0, 2] < 1.0
+
+
+def _random_wide(model: LeaderStudent, seed: int) -> LeaderStudent:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.wide.weight.copy_(torch.randn(model.wide.weight.shape, generator=g))
+    return model
+
+
+def test_wide_path_is_a_sum_of_code_rows():
+    """wide logits = sum of the rows of the current dx/px, previous visit's drugs and profile."""
+    cfg = StudentConfig(**{**SMALL.to_dict(), "wide": True})
+    torch.manual_seed(4)
+    model = _random_wide(LeaderStudent(cfg), seed=5).eval()
+    dx, px, med, mask, profile = random_inputs(cfg, b=3, v=4, seed=6)
+    w = model.wide.weight.detach()
+    want = torch.zeros(3, cfg.n_labels)
+    for i in range(3):
+        for ids, off in (
+            (dx[i, -1], model.dx_offset),
+            (px[i, -1], model.px_offset),
+            (med[i, -2], model.med_offset),
+            (profile[i], model.profile_offset),
+        ):
+            for t in ids[ids != 0]:
+                want[i] += w[int(t) + off]
+    torch.testing.assert_close(model._wide_logits(dx, px, med, profile), want)
+    # one visit only: no previous visit, the wide path reads the current visit and profile
+    one = model._wide_logits(dx[:, -1:], px[:, -1:], med[:, -1:], profile)
+    assert one.shape == (3, cfg.n_labels) and torch.isfinite(one).all()
+
+
+def test_wide_student_keeps_padding_invariance_and_old_configs_load():
+    cfg = StudentConfig(**{**SMALL.to_dict(), "wide": True})
+    torch.manual_seed(7)
+    model = _random_wide(LeaderStudent(cfg), seed=8).eval()
+    dx, px, med, mask, profile = random_inputs(cfg, b=4, v=5, seed=9)
+    padded = (
+        F.pad(F.pad(dx, (0, 2)), (0, 0, 3, 0)),
+        F.pad(F.pad(px, (0, 1)), (0, 0, 3, 0)),
+        F.pad(F.pad(med, (0, 3)), (0, 0, 3, 0)),
+        torch.cat([torch.zeros(4, 3), mask], dim=1),
+        F.pad(profile, (0, 2)),
+    )
+    with torch.no_grad():
+        for a, c in zip(model(dx, px, med, mask, profile), model(*padded), strict=True):
+            torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
+    # a config saved before the wide path existed describes a model without one
+    old = {k: v for k, v in cfg.to_dict().items() if k != "wide"}
+    assert StudentConfig.from_dict(old).wide is False
+    assert "wide.weight" not in LeaderStudent(StudentConfig.from_dict(old)).state_dict()

@@ -10,7 +10,17 @@ import torch
 from contract.layout import INPUT_NAMES
 from distill.layers import Projector
 from distill.medication.student import LeaderStudent, StudentConfig
-from distill.medication.train import DistillConfig, _label_ids, predict, train_student
+from distill.medication.train import (
+    FAST_PARAMETERS,
+    DistillConfig,
+    _label_ids,
+    _optimizer,
+    fit_selected,
+    init_student,
+    inner_fold_of,
+    predict,
+    train_student,
+)
 from distill.metrics import prauc
 
 N_LABELS = 4
@@ -75,7 +85,8 @@ def _cfg(**kw) -> DistillConfig:
 
 def test_distill_config_validation():
     cfg = DistillConfig()
-    assert cfg.uses_teacher and cfg.to_dict()["alpha"] == 1.0
+    assert cfg.uses_teacher and cfg.to_dict()["alpha"] == 0.3
+    assert cfg.prior_init and cfg.copy_init == 3.0 and cfg.fast_lr_multiplier == 10.0
     assert not DistillConfig(alpha=0.0, beta=0.5).uses_teacher
     with pytest.raises(ValueError, match="alpha and beta"):
         DistillConfig(alpha=-0.1)
@@ -202,3 +213,95 @@ def test_predict_batches_agree_with_one_pass(data):
 def test_label_ids_are_medication_ids():
     y = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
     assert _label_ids(y).tolist() == [[3, 5], [0, 0], [2, 0]]
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def test_prior_init_sets_the_bias_to_the_training_log_odds(data):
+    train, _ = data
+    model = LeaderStudent(SCFG)
+    init_student(model, train["y"], _cfg(prior_init=True))
+    freq = (train["y"].sum(0) + 0.5) / (len(train["y"]) + 1.0)
+    np.testing.assert_allclose(
+        model.head[-1].bias.detach().numpy(), np.log(freq / (1 - freq)), rtol=1e-5
+    )
+
+
+def test_a_strong_copy_init_reproduces_previous_visit(data):
+    """prior + copy_init, before any step: the student ranks as the previous_visit rule does."""
+    from distill.medication import baselines
+
+    train, val = data
+    torch.manual_seed(0)
+    model = LeaderStudent(SCFG).eval()
+    init_student(model, train["y"], _cfg(prior_init=True, copy_init=20.0))
+    with torch.no_grad():
+        logits, _ = model(*(torch.from_numpy(val[n]) for n in INPUT_NAMES))
+    logits = logits.numpy().astype(np.float64)
+    # the previous visit (slot V-2) as label multi-hot; label l is medication id l + 2
+    prev = np.zeros_like(val["y"])
+    has_prev = val["visit_mask"][:, -2] > 0
+    for i in np.flatnonzero(has_prev):
+        ids = val["med"][i, -2]
+        prev[i, ids[ids >= 2] - 2] = 1.0
+    freq = (train["y"].sum(0) + 0.5) / (len(train["y"]) + 1.0)  # the same order as raw freq
+    rule, _ = baselines.previous_visit(prev, has_prev, freq, k=2)
+    assert has_prev.any() and (~has_prev).any()
+    for a, b in zip(logits, rule, strict=True):
+        # the same order, ties included: compare every pair of labels
+        np.testing.assert_array_equal(np.sign(a[:, None] - a[None, :]),
+                                      np.sign(b[:, None] - b[None, :]))  # fmt: skip
+    assert prauc(val["y"], logits) == pytest.approx(prauc(val["y"], rule))
+
+
+def test_fast_parameters_get_the_multiplied_learning_rate():
+    model = LeaderStudent(SCFG)
+    opt = _optimizer(model, None, _cfg(lr=1e-3, fast_lr_multiplier=10.0))
+    slow, fast = opt.param_groups
+    assert fast["lr"] == pytest.approx(1e-2) and slow["lr"] == pytest.approx(1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in fast["params"]} == set(FAST_PARAMETERS)
+
+
+def test_wide_l2_shrinks_the_wide_table(data):
+    train, val = data
+    free = train_student(train, val, SCFG, _cfg(max_epochs=3, wide_l2=0.0), epochs=3)
+    tied = train_student(train, val, SCFG, _cfg(max_epochs=3, wide_l2=1.0), epochs=3)
+    assert tied.model.wide.weight.norm() < free.model.wide.weight.norm()
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_fixed_epochs_train_exactly_that_many_and_keep_the_last(data):
+    train, val = data
+    res = train_student(train, val, SCFG, _cfg(max_epochs=50, patience=1), epochs=4,
+                        keep_val_scores=True)  # fmt: skip
+    assert len(res.history) == 4 and res.best_epoch == 3 and len(res.val_scores) == 4
+    np.testing.assert_allclose(predict(res.model, val), res.val_scores[-1], atol=1e-6)
+    empty = {k: v[:0] for k, v in val.items()}  # a refit needs no validation samples
+    assert len(train_student(train, empty, SCFG, _cfg(), epochs=2).history) == 2
+
+
+def test_inner_folds_are_by_patient_and_deterministic():
+    pids = [f"p{i % 20}" for i in range(60)]
+    a, b = inner_fold_of(pids, 4), inner_fold_of(pids, 4)
+    np.testing.assert_array_equal(a, b)
+    assert set(a) == {0, 1, 2, 3}
+    for p in set(pids):  # all samples of a patient share a fold
+        assert len({f for f, q in zip(a, pids, strict=True) if q == p}) == 1
+    with pytest.raises(ValueError, match="k >= 2"):
+        inner_fold_of(pids, 1)
+
+
+def test_select_by_inner_cv_then_refit(data):
+    train, _ = data
+    pids = [f"p{i // 2}" for i in range(len(train["y"]))]  # two samples a patient
+    res, sel = fit_selected(train, pids, SCFG, _cfg(), k=3, max_epochs=6)
+    assert len(sel.curve) == 6 and 1 <= sel.epochs <= 6
+    assert sel.curve[sel.epochs - 1] == max(sel.curve)
+    assert sel.oof_scores.shape == train["y"].shape and 0.05 <= sel.threshold <= 0.95
+    assert prauc(train["y"], sel.oof_scores) == pytest.approx(max(sel.curve))
+    assert len(res.history) == sel.epochs and not res.model.training
+    assert sel.to_dict()["epochs"] == sel.epochs

@@ -112,7 +112,9 @@ class OrtBackend:
         return np.asarray(logits, dtype=np.float32)
 
 
-def _expected_shapes(s: StudentShape, repeat_head: bool) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(
+    s: StudentShape, repeat_head: bool, wide: bool = False
+) -> dict[str, tuple[int, ...]]:
     d = s.dim
     n_embed = s.n_diagnoses + s.n_procedures + s.n_medications + s.n_profile
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (n_embed, d)}
@@ -142,6 +144,8 @@ def _expected_shapes(s: StudentShape, repeat_head: bool) -> dict[str, tuple[int,
     if repeat_head:
         shapes["repeat_last"] = (s.n_labels,)
         shapes["repeat_mean"] = (s.n_labels,)
+    if wide:
+        shapes["wide.weight"] = (n_embed, s.n_labels)
     return shapes
 
 
@@ -151,6 +155,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(archive[k]) for k in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise BundleError(f"{path.name}: not a readable .npz of arrays ({e})") from e
+
+
+SCALE_SUFFIX = ".qscale"  # export.medication.weights: int8 table + per-row float32 scale
+
+
+def _dequantize(raw: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """int8 tables with a "<name>.qscale" row scale -> float32 (other arrays as they are)."""
+    out = {k: v for k, v in raw.items() if not k.endswith(SCALE_SUFFIX)}
+    for key in (k for k in raw if k.endswith(SCALE_SUFFIX)):
+        name = key[: -len(SCALE_SUFFIX)]
+        q, scale = out.get(name), raw[key]
+        if q is None or q.dtype != np.int8 or q.ndim != 2 or scale.shape != (q.shape[0],):
+            raise BundleError(f"{where}: {key} does not scale an int8 table {name}")
+        out[name] = q.astype(np.float32) * scale.astype(np.float32)[:, None]
+    return out
 
 
 class NumpyBackend:
@@ -165,9 +184,12 @@ class NumpyBackend:
         self.weights_path = Path(weights_npz)
         where = self.weights_path.name
         cfg = StudentShape.from_dict(student_config)
-        raw = _read_npz(self.weights_path)
+        raw = _dequantize(_read_npz(self.weights_path), where)
         repeat = cfg.repeat_head if cfg.repeat_head is not None else "repeat_last" in raw
-        expected = _expected_shapes(cfg, repeat)
+        # the wide path (a linear model over code ids) exists when the student was trained with
+        # one; weights files from before it have no "wide.weight" and score as they always did
+        wide = "wide.weight" in raw
+        expected = _expected_shapes(cfg, repeat, wide)
         missing = sorted(set(expected) - set(raw))
         extra = sorted(set(raw) - set(expected))
         if missing or extra:
@@ -182,6 +204,7 @@ class NumpyBackend:
                 raise BundleError(f"{where}: {k} is {raw[k].dtype}, not floating point")
         self.config = cfg
         self.repeat_head = bool(repeat)
+        self.wide = wide
         f32 = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in raw.items()}
         self._prepare(f32)
 
@@ -235,6 +258,8 @@ class NumpyBackend:
             self.med_to_label = table
             self.repeat_last = w["repeat_last"]
             self.repeat_mean = w["repeat_mean"]
+        if self.wide:
+            self.wide_weight = w["wide.weight"]
 
     def _code_set(self, ids: np.ndarray, kind: str) -> np.ndarray:
         """ids [..., N] -> masked mean of their embeddings [..., D] (pads, id 0, left out)."""
@@ -294,6 +319,8 @@ class NumpyBackend:
         logits = linear(gelu(linear(features, self.head0)), self.head3)
         if self.repeat_head:
             logits = logits + self._repeat_logits(med, mask)
+        if self.wide:
+            logits = logits + self._wide_logits(dx, px, med, profile)
         return logits.astype(np.float32, copy=False), features.astype(np.float32, copy=False)
 
     def _repeat_logits(self, med: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -301,3 +328,19 @@ class NumpyBackend:
         hist = np.concatenate([np.zeros_like(hot[:, :1]), hot[:, :-1]], axis=1)
         n_hist = np.maximum(mask.sum(axis=1, keepdims=True) - np.float32(1.0), np.float32(1.0))
         return self.repeat_last * hist[:, -1] + self.repeat_mean * hist.sum(axis=1) / n_hist
+
+    def _wide_sum(self, ids: np.ndarray, kind: str) -> np.ndarray:
+        """ids [B, N] -> sum of their wide rows [B, L] (pads, id 0, left out)."""
+        mask = (ids != PAD_ID).astype(np.float32)
+        rows = self.wide_weight[ids + self.offsets[kind]]  # [B, N, L]
+        return np.matmul(mask[:, None, :], rows)[:, 0, :]
+
+    def _wide_logits(self, dx, px, med, profile) -> np.ndarray:
+        """Linear logits over code ids: current dx and px, previous visit's drugs, profile."""
+        prev_med = med[:, -2] if med.shape[1] >= 2 else np.zeros_like(med[:, 0])
+        return (
+            self._wide_sum(dx[:, -1], "dx")
+            + self._wide_sum(px[:, -1], "px")
+            + self._wide_sum(prev_med, "med")
+            + self._wide_sum(profile, "profile")
+        )

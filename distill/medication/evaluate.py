@@ -17,7 +17,15 @@ from distill.data import codes
 from distill.data.samples import MedSample
 from distill.data.splits import split
 from distill.medication import baselines
-from distill.metrics import avg_drugs, ddi_rate, f1, jaccard, prauc
+from distill.metrics import (
+    average_precision_per_sample,
+    avg_drugs,
+    ddi_rate,
+    f1,
+    jaccard,
+    jaccard_per_sample,
+    prauc,
+)
 
 METRICS = ("jaccard", "f1", "prauc", "ddi_rate", "avg_drugs")
 MODELS = ("teacher", "student_kd", "student_nokd", "popularity", "previous_visit")
@@ -92,13 +100,22 @@ def evaluate_fold(
     prev: np.ndarray,
     has_prev: np.ndarray,
     ddi: list,
+    thresholds: dict[str, float] | None = None,
+    per_sample: dict | None = None,
 ) -> tuple[dict, dict]:
-    """Test metrics of every model on one fold, overall and split by single/multi visit."""
+    """Test metrics of every model on one fold, overall and split by single/multi visit.
+
+    `thresholds`: decision thresholds chosen elsewhere on non-test patients (e.g. on a
+    student's inner-fold out-of-fold scores, when its validation patients were trained on);
+    other models' thresholds are chosen on the validation patients. `per_sample`: if given,
+    filled with {model: {"jaccard": [n_test], "prauc": [n_test]}} for paired comparisons.
+    """
     tr, va, te = idx
     results: dict[str, dict] = {}
     chosen: dict[str, float] = {}
     for name, scores in model_scores.items():
-        t = choose_threshold(y[va], scores[va])
+        given = (thresholds or {}).get(name)
+        t = float(given) if given is not None else choose_threshold(y[va], scores[va])
         chosen[name] = t
         results[name] = {"all": (scores[te], scores[te] >= t)}
     freq = baselines.label_frequency(y[tr])
@@ -111,6 +128,11 @@ def evaluate_fold(
     for name, r in results.items():
         scores, pred = r["all"]
         out[name] = medication_scores(y[te], scores, pred, ddi)
+        if per_sample is not None:
+            per_sample[name] = {
+                "jaccard": jaccard_per_sample(y[te], pred),
+                "prauc": average_precision_per_sample(y[te], scores),
+            }
         for part, mask in (("single_visit", single), ("multi_visit", ~single)):
             if mask.any():
                 out[name][f"{part}_jaccard"] = jaccard(y[te][mask], pred[mask])
@@ -126,6 +148,101 @@ def build_report(
     for name in per_fold[0]:
         models[name] = summarize([f[name] for f in per_fold])
     return {**meta, "models": models}
+
+
+PAIRS = (
+    ("student_kd", "student_nokd"),
+    ("student_kd", "previous_visit"),
+    ("student_nokd", "previous_visit"),
+    ("student_kd", "popularity"),
+)
+PAIRED_METRICS = ("jaccard", "prauc")
+
+
+def paired_differences(
+    fold_metrics: list[dict],
+    sample_metrics: list[dict],
+    sample_patients: list[np.ndarray],
+    pairs=PAIRS,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Paired comparisons `a - b` on the same test patients, per fold and pooled.
+
+    `fold_metrics[f][model][metric]`: the fold's test metric (students: mean over seeds);
+    `sample_metrics[f][model][metric]`: per test sample [n_f] (NaN where undefined);
+    `sample_patients[f]`: each test sample's patient id. Returns, per "a - b" and metric: the
+    per-fold differences, their mean, the number of folds with a > b, a two-sided sign-test
+    p-value over folds, and a 95% bootstrap interval of the pooled per-sample mean difference,
+    patients resampled with replacement (a patient's visits stay together).
+    """
+    rng = np.random.default_rng(seed)
+    pids = np.concatenate(sample_patients)
+    uniq, inverse = np.unique(pids, return_inverse=True)
+    draws = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
+    counts = np.stack([np.bincount(d, minlength=len(uniq)) for d in draws])  # [n_boot, P]
+    out: dict[str, dict] = {}
+    for a, b in pairs:
+        if not all(a in f and b in f for f in fold_metrics):
+            continue
+        key = f"{a} - {b}"
+        out[key] = {}
+        for m in PAIRED_METRICS:
+            folds = [round(float(f[a][m] - f[b][m]), 4) for f in fold_metrics]
+            diff = np.concatenate([s[a][m] - s[b][m] for s in sample_metrics])
+            ok = ~np.isnan(diff)
+            # per patient: sum of differences and number of defined samples
+            tot = np.bincount(inverse[ok], weights=diff[ok], minlength=len(uniq))
+            num = np.bincount(inverse[ok], minlength=len(uniq)).astype(np.float64)
+            boot = (counts @ tot) / np.maximum(counts @ num, 1.0)
+            wins = sum(d > 0 for d in folds)
+            losses = sum(d < 0 for d in folds)
+            out[key][m] = {
+                "per_fold": folds,
+                "mean": round(float(np.mean(folds)), 4),
+                "wins": int(wins),
+                "folds": len(folds),
+                "sign_test_p": round(_sign_test(wins, losses), 4),
+                "pooled_mean": round(float(diff[ok].mean()), 4) if ok.any() else 0.0,
+                "bootstrap_95": [
+                    round(float(np.percentile(boot, 2.5)), 4),
+                    round(float(np.percentile(boot, 97.5)), 4),
+                ],
+            }
+    return out
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (ties dropped)."""
+    from math import comb
+
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _paired_markdown(paired: dict) -> list[str]:
+    lines = [
+        "",
+        "Paired differences on the same test patients (students: mean over seeds). Per fold; "
+        "folds won; sign-test p over folds; pooled per-sample mean with a 95% patient-bootstrap "
+        "interval:",
+        "",
+        "| a - b | metric | per fold | wins | sign p | pooled mean [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, by_metric in paired.items():
+        for m, d in by_metric.items():
+            folds = " ".join(f"{v:+.3f}" for v in d["per_fold"])
+            lo, hi = d["bootstrap_95"]
+            lines.append(
+                f"| {key} | {m} | {folds} | {d['wins']}/{d['folds']} | {d['sign_test_p']:.3f} "
+                f"| {d['pooled_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
+            )
+    return lines
 
 
 def report_markdown(report: dict) -> str:
@@ -155,7 +272,24 @@ def report_markdown(report: dict) -> str:
         )
         cells = [f"{m[k]:.4f}" if k in m else "–" for k in keys]  # not every model has a split
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in report["params"].items())]
+    if report.get("paired"):
+        lines += _paired_markdown(report["paired"])
+    if report.get("seeds"):
+        lines += [
+            "",
+            f"Students: seeds {report['seeds']} x {report['folds']} folds "
+            f"(mean ± std over all {len(report['seeds']) * report['folds']} runs; per run in "
+            "report.json `runs`); students selected by "
+            f"{report.get('selection', 'validation early stopping')}.",
+        ]
+    lines += [
+        "",
+        "Parameters: "
+        + ", ".join(
+            f"{k} {v:,}" if isinstance(v, int) else f"{k} {v if v is not None else '–'}"
+            for k, v in report["params"].items()
+        ),
+    ]
     lines += [
         "",
         "Wall time per stage (s): "

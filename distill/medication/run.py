@@ -32,7 +32,7 @@ from distill.medication import teacher as tch
 from distill.medication.export_inputs import write_bundle_inputs, write_heldout
 from distill.medication.prompts import build_prompt, prompt_hash, tokenizer_counter
 from distill.medication.student import StudentConfig, save_student
-from distill.medication.train import DistillConfig, predict, train_student
+from distill.medication.train import DistillConfig, fit_selected, predict, train_student
 from distill.runs import StageClock, environment, prepare_out, write_config
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,32 @@ class RunConfig:
     teacher: TeacherConfig
     tensors: TensorConfig
     distill: DistillConfig
-    student_dim: int = 64
-    student_layers: int = 2
+    student_dim: int = 32  # 32 x 1 layer = 64 x 2 layers on inner-CV validation, half the bundle
+    student_layers: int = 1
     prompt_max_items: int | None = 4  # per past-visit list, so history fits the teacher window
     online_kd: bool = False  # True: the live teacher gives features batch by batch (no cache)
+    # students are trained once per seed (the teacher once per fold); the report gives the
+    # mean and std over seeds x folds, and paired differences per fold
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # how a student's epoch count and threshold are chosen: "inner_cv" (an inner k-fold over
+    # the fold's training + validation patients, then a refit on all of them: 4-5x more
+    # patients to choose with than the ~15 validation patients) or "validation" (early stopping
+    # on the validation patients, as LEADER does)
+    selection: str = "inner_cv"
+    inner_folds: int = 4
+    inner_max_epochs: int = 12
+    # reuse teacher features instead of training a teacher: a .safetensors file (frozen,
+    # label-free features of every sample, for all folds), or an earlier run with the same data
+    # and prompts (its features.safetensors if it has one, else fold<k>/features.safetensors)
+    features_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("inner_cv", "validation"):
+            raise ValueError(f"selection must be inner_cv or validation, got {self.selection!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds!r}")
+        if self.inner_folds < 2 or self.inner_max_epochs < 1:
+            raise ValueError("inner_folds must be >= 2 and inner_max_epochs >= 1")
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +81,11 @@ class RunConfig:
             "student_layers": self.student_layers,
             "prompt_max_items": self.prompt_max_items,
             "online_kd": self.online_kd,
+            "seeds": list(self.seeds),
+            "selection": self.selection,
+            "inner_folds": self.inner_folds,
+            "inner_max_epochs": self.inner_max_epochs,
+            "features_from": self.features_from,
         }
 
 
@@ -94,7 +121,9 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             raise ValueError(
                 f"only {len(samples)} usable samples in {cohort.report.source}; need 10+"
             )
-        vocabs = MedVocabs.build(cohort.visits)
+        vocabs = MedVocabs.build(
+            cohort.visits, ancestors=bool(getattr(cfg.tensors, "ancestors", False))
+        )
         vocabs.save(out / "vocab")
         labels = list(vocabs.labels)
         atomic_write_json(out / "labels.json", labels)
@@ -137,7 +166,25 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         f"{shown} of {sum(min(len(s.history), 3) for s in samples)} past visits shown"
     )
 
-    per_fold, chosen_all, params = [], [], {}
+    pids = np.array([s.patient_id for s in samples])
+    per_run, per_fold, chosen_all, params = [], [], [], {}
+    features_from = Path(cfg.features_from) if cfg.features_from else None
+    if features_from is None and getattr(cfg.teacher, "frozen", False):
+        # a frozen teacher's features are label-free: extracted ONCE for all folds (no
+        # labels involved), then every fold reads them as it would reused features
+        with clock("teacher_features"):
+            encoder = features.FrozenEncoder.from_config(cfg.teacher)
+            features_from = features.extract_features(
+                encoder,
+                tokenizer,
+                texts,
+                sample_ids,
+                out / "features.safetensors",
+                meta={"prompt_hash": phash, "backbone": cfg.teacher.backbone, "frozen": True},
+            )
+            params["teacher"] = sum(p.numel() for p in encoder.parameters())
+            del encoder
+    fold_means, sample_metrics, sample_patients = [], [], []
     for fold in range(d.folds):
         fdir = out / f"fold{fold}"
         fdir.mkdir()
@@ -148,27 +195,35 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             f"{len(te)} test samples"
         )
 
-        with clock("teacher_train"):
-            model = tch.train_teacher(
-                [texts[i] for i in tr],
-                y[tr],
-                [texts[i] for i in va],
-                y[va],
-                cfg.teacher,
-                fdir / "teacher",
-                n_labels=len(labels),
-            )
-        with clock("teacher_features"):
-            fpath = features.extract_features(
-                model,
-                tokenizer,
-                texts,
-                sample_ids,
-                fdir / "features.safetensors",
-                meta={"prompt_hash": phash, "backbone": cfg.teacher.backbone},
-            )
-            feats, probs, _ = features.load_features(fpath)
-        params["teacher"] = sum(p.numel() for p in model.parameters())
+        model = None
+        if features_from is not None:
+            with clock("teacher_features"):
+                src = _reused_features(features_from, fold)
+                feats, probs, _ = features.load_features(src, sample_ids)  # ids checked
+            if "teacher" not in params:
+                params["teacher"] = _reused_teacher_params(features_from)
+        else:
+            with clock("teacher_train"):
+                model = tch.train_teacher(
+                    [texts[i] for i in tr],
+                    y[tr],
+                    [texts[i] for i in va],
+                    y[va],
+                    cfg.teacher,
+                    fdir / "teacher",
+                    n_labels=len(labels),
+                )
+            with clock("teacher_features"):
+                fpath = features.extract_features(
+                    model,
+                    tokenizer,
+                    texts,
+                    sample_ids,
+                    fdir / "features.safetensors",
+                    meta={"prompt_hash": phash, "backbone": cfg.teacher.backbone},
+                )
+                feats, probs, _ = features.load_features(fpath)
+            params["teacher"] = sum(p.numel() for p in model.parameters())
 
         scfg = StudentConfig.from_vocabs(
             vocabs,
@@ -177,48 +232,76 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             teacher_dim=feats.shape[1],
             max_visits=cfg.tensors.max_visits,
         )
-        train_a, val_a = _subset(arrays, tr), _subset(arrays, va)
-        if cfg.online_kd:
-            train_texts = [texts[i] for i in tr]
+        # the students' training samples: training patients, or training + validation
+        # patients when an inner k-fold chooses the epochs (then refit on all of them)
+        fit_idx = tr if cfg.selection == "validation" else np.concatenate([tr, va])
+        if cfg.online_kd and model is not None:
+            fit_texts = [texts[i] for i in fit_idx]
 
-            def teacher_source(i, m=model, tok=tokenizer, t=train_texts):
+            def teacher_source(i, m=model, tok=tokenizer, t=fit_texts):
                 return features.pooled_features(m, tok, [t[j] for j in i])
         else:
-            teacher_source = lambda i, f=feats[tr]: f[i]  # noqa: E731
-        with clock("student_kd"):
-            kd = train_student(train_a, val_a, scfg, cfg.distill, teacher=teacher_source)
+            teacher_source = lambda i, f=feats[fit_idx]: f[i]  # noqa: E731
         del model
-        with clock("student_nokd"):
-            nokd = train_student(train_a, val_a, scfg, replace(cfg.distill, alpha=0.0, beta=0.0))
-        save_student(kd.model, scfg, fdir / "student_kd.safetensors")
-        save_student(nokd.model, scfg, fdir / "student_nokd.safetensors")
-        params["student"] = count_parameters(kd.model)
-        with clock("evaluate"):
-            scores = {
-                "teacher": probs.astype(np.float32),
-                "student_kd": predict(kd.model, arrays),
-                "student_nokd": predict(nokd.model, arrays),
-            }
-            metrics, chosen = ev.evaluate_fold(fold, idx, y, scores, prev, has_prev, ddi)
-        chosen |= {
-            "student_kd_best_epoch": kd.best_epoch,
-            "student_nokd_best_epoch": nokd.best_epoch,
-        }
-        write_heldout(fdir, arrays, va, te, sample_ids)
+
+        if probs.shape[1] == 0:
+            # frozen (label-free) features have no head: the teacher row is a linear probe on
+            # them, fitted on the training patients, its L2 and epochs chosen on validation
+            with clock("teacher_probe"):
+                probs = linear_probe(feats, y, tr, va)
+        fold_runs, fold_samples = [], []
+        for seed in cfg.seeds:
+            kd, nokd, thresholds, selected = _fit_students(
+                cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock
+            )
+            if seed == cfg.seeds[0]:
+                save_student(kd.model, scfg, fdir / "student_kd.safetensors")
+                save_student(nokd.model, scfg, fdir / "student_nokd.safetensors")
+                params["student"] = count_parameters(kd.model)
+                histories = {"kd_history": kd.history, "nokd_history": nokd.history}
+            with clock("evaluate"):
+                scores = {
+                    "teacher": probs.astype(np.float32),
+                    "student_kd": predict(kd.model, arrays),
+                    "student_nokd": predict(nokd.model, arrays),
+                }
+                ps: dict = {}
+                metrics, chosen = ev.evaluate_fold(
+                    fold, idx, y, scores, prev, has_prev, ddi, thresholds, ps
+                )
+            chosen |= {
+                "seed": seed,
+                "student_kd_best_epoch": kd.best_epoch,
+                "student_nokd_best_epoch": nokd.best_epoch,
+            } | selected
+            per_run.append({"seed": seed, "fold": fold, "models": metrics})
+            per_fold.append(metrics)
+            chosen_all.append(chosen)
+            fold_runs.append((metrics, chosen))
+            fold_samples.append(ps)
+            log.info(
+                f"fold {fold + 1} seed {seed}: jaccard "
+                + ", ".join(f"{m} {metrics[m]['jaccard']:.3f}" for m in ev.MODELS)
+            )
+        fold_means.append(_mean_over_seeds([m for m, _ in fold_runs]))
+        sample_metrics.append(_mean_over_seeds(fold_samples))
+        sample_patients.append(pids[te])
+        # export reads the first seed's students and thresholds; validation rows are held out
+        # only when the students did not train on them
+        held_val = va if cfg.selection == "validation" else va[:0]
+        write_heldout(fdir, arrays, held_val, te, sample_ids)
         atomic_write_json(
             fdir / "metrics.json",
             {
-                "test": metrics,
-                "chosen_on_validation": chosen,
-                "kd_history": kd.history,
-                "nokd_history": nokd.history,
+                "test": fold_runs[0][0],
+                "chosen_on_validation": fold_runs[0][1],
+                "runs": [{"test": m, "chosen_on_validation": c} for m, c in fold_runs],
+                **histories,
             },
         )
-        per_fold.append(metrics)
-        chosen_all.append(chosen)
         log.info(
-            f"fold {fold + 1}: jaccard "
-            + ", ".join(f"{m} {metrics[m]['jaccard']:.3f}" for m in ev.MODELS)
+            f"fold {fold + 1}: jaccard (mean over seeds) "
+            + ", ".join(f"{m} {fold_means[-1][m]['jaccard']:.3f}" for m in ev.MODELS)
         )
 
     report = ev.build_report(
@@ -236,8 +319,14 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
                 "lora": cfg.teacher.lora,
                 "max_length": cfg.teacher.max_length,
                 "epochs": cfg.teacher.epochs,
+                "frozen": bool(getattr(cfg.teacher, "frozen", False)),
+                "features_from": cfg.features_from,
             },
             "chosen_on_validation": chosen_all,
+            "seeds": list(cfg.seeds),
+            "selection": _selection_text(cfg),
+            "runs": per_run,
+            "paired": ev.paired_differences(fold_means, sample_metrics, sample_patients),
             "unknown_codes": sum(unknown.values()),
             "wall_s": {k: round(v, 1) for k, v in clock.seconds.items()}
             | {"total": round(time.perf_counter() - t_start, 1)},
@@ -247,3 +336,113 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     )
     ev.write_report(report, out)
     return report
+
+
+def _fit_students(cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock):
+    """The KD and no-KD students of one seed: -> (kd, nokd, thresholds or None, choices)."""
+    kd_cfg = replace(cfg.distill, seed=seed)
+    nokd_cfg = replace(kd_cfg, alpha=0.0, beta=0.0)
+    fit = _subset(arrays, fit_idx)
+    if cfg.selection == "validation":
+        val_a = _subset(arrays, va)
+        with clock("student_kd"):
+            kd = train_student(fit, val_a, scfg, kd_cfg, teacher=teacher_source)
+        with clock("student_nokd"):
+            nokd = train_student(fit, val_a, scfg, nokd_cfg)
+        return kd, nokd, None, {}
+    kw = {"k": cfg.inner_folds, "max_epochs": cfg.inner_max_epochs}
+    with clock("student_kd"):
+        kd, kd_sel = fit_selected(fit, pids[fit_idx], scfg, kd_cfg, teacher=teacher_source, **kw)
+    with clock("student_nokd"):
+        nokd, nokd_sel = fit_selected(fit, pids[fit_idx], scfg, nokd_cfg, **kw)
+    thresholds = {"student_kd": kd_sel.threshold, "student_nokd": nokd_sel.threshold}
+    selected = {
+        "student_kd_inner_cv": kd_sel.to_dict(),
+        "student_nokd_inner_cv": nokd_sel.to_dict(),
+    }
+    return kd, nokd, thresholds, selected
+
+
+def _mean_over_seeds(runs: list[dict]) -> dict:
+    """{model: {metric: value or array}} averaged over runs (seeds) key by key."""
+    out: dict = {}
+    for name in runs[0]:
+        out[name] = {}
+        for m in runs[0][name]:
+            vals = [r[name][m] for r in runs if m in r[name]]
+            if len(vals) == len(runs):
+                out[name][m] = np.mean(np.stack([np.asarray(v, np.float64) for v in vals]), 0)
+    return out
+
+
+def _selection_text(cfg: RunConfig) -> str:
+    if cfg.selection == "validation":
+        return "validation early stopping"
+    return (
+        f"an inner {cfg.inner_folds}-fold over training + validation patients "
+        f"(epochs <= {cfg.inner_max_epochs} and threshold on pooled out-of-fold scores), "
+        "then a refit on all of them"
+    )
+
+
+def _reused_teacher_params(run: Path) -> int | None:
+    try:
+        return json.loads((run / "report.json").read_text())["params"]["teacher"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reused_features(src: Path, fold: int) -> Path:
+    if src.is_file():
+        return src
+    for path in (src / "features.safetensors", src / f"fold{fold}" / "features.safetensors"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{src}: no features.safetensors (nor fold{fold}/features.safetensors) to reuse"
+    )
+
+
+def linear_probe(
+    feats: np.ndarray,
+    y: np.ndarray,
+    tr: np.ndarray,
+    va: np.ndarray,
+    l2s: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1),
+    steps: int = 300,
+    seed: int = 0,
+) -> np.ndarray:
+    """Sigmoid scores [N, L] of a logistic head on z-scored `feats`, trained on rows `tr`.
+
+    Full-batch Adam (lr 0.05) from the training log-odds; the L2 weight and the step count
+    (checked every 10 steps) are the ones with the best PR-AUC on rows `va`.
+    """
+    import torch
+
+    from distill.metrics import prauc
+
+    torch.manual_seed(seed)
+    mean, std = feats[tr].mean(0, keepdims=True), feats[tr].std(0, keepdims=True) + 1e-6
+    x = torch.from_numpy(((feats - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(y[tr].astype(np.float32))
+    freq = (y[tr].sum(0) + 0.5) / (len(tr) + 1.0)
+    prior = torch.from_numpy(np.log(freq / (1 - freq)).astype(np.float32))
+    best = (-1.0, None)
+    for l2 in l2s:
+        w = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
+        b = prior.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w, b], lr=0.05)
+        for step in range(1, steps + 1):
+            logits = x[tr] @ w + b
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt)
+            loss = loss + l2 * w.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 10 == 0 or step == steps:
+                with torch.no_grad():
+                    scores = torch.sigmoid(x @ w + b).numpy()
+                score = prauc(y[va], scores[va]) if len(va) else -step
+                if score > best[0]:
+                    best = (score, scores)
+    return best[1].astype(np.float32)

@@ -19,7 +19,11 @@ Model:
    so the graph exports to ONNX with plain ops (no TransformerEncoder fast path, no EmbeddingBag,
    no boolean indexing, no data-dependent Python control flow);
 5. features = Linear(concat(current visit output, profile token output)) -> `dim`: the vector
-   distilled towards the teacher (through `distill.layers.Projector`); logits = MLP head(features).
+   distilled towards the teacher (through `distill.layers.Projector`); logits = MLP head(features);
+6. with `repeat_head`, per-drug weights on "given at the previous visit" and "share of earlier
+   visits" are added to the logits (a learned previous_visit rule); with `wide`, a per-(code, drug)
+   table summed over the current diagnoses and procedures, the previous visit's drugs and the
+   profile (a logistic model over code ids, which is what ~100 patients can support).
 
 `profile_embedding` and `medication_set_embedding` give the two sides of LEADER's profile
 alignment (an InfoNCE loss defined elsewhere).
@@ -58,6 +62,11 @@ class StudentConfig:
     # repeating the previous visit's drugs is a strong baseline the model should not have to
     # rediscover from embeddings
     repeat_head: bool = True
+    # a wide (logistic) path: one learned weight per (code, drug) for the current visit's
+    # diagnoses and procedures, the previous visit's medications and the profile, summed
+    # (Gather + mask + ReduceSum). With ~100 patients a linear model over code ids is what the
+    # data can support; the deep path adds what it can on top. Zero-initialised.
+    wide: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_diagnoses", "n_procedures", "n_medications", "n_profile"):
@@ -87,8 +96,9 @@ class StudentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> StudentConfig:
         known = {f.name for f in fields(cls)}
-        # files written before the repeat head existed describe a model without one
-        data = {"repeat_head": False, **data}
+        # files written before the repeat head / the wide path existed describe a model
+        # without them
+        data = {"repeat_head": False, "wide": False, **data}
         extra = sorted(set(data) - known)
         if extra:
             raise ValueError(f"unknown StudentConfig fields: {', '.join(extra)}")
@@ -159,6 +169,9 @@ class LeaderStudent(nn.Module):
             self.register_buffer("med_to_label", table, persistent=False)
             self.repeat_last = nn.Parameter(torch.zeros(c.n_labels))
             self.repeat_mean = nn.Parameter(torch.zeros(c.n_labels))
+        if c.wide:
+            self.wide = nn.Embedding(self.profile_offset + c.n_profile, c.n_labels)
+            nn.init.zeros_(self.wide.weight)
 
     def _code_set(self, ids: Tensor, offset: int) -> Tensor:
         """ids [..., N] -> masked mean of the shared embeddings [..., D]."""
@@ -203,7 +216,25 @@ class LeaderStudent(nn.Module):
         logits = self.head(features)
         if self.config.repeat_head:
             logits = logits + self._repeat_logits(med, mask)
+        if self.config.wide:
+            logits = logits + self._wide_logits(dx, px, med, profile)
         return logits, features
+
+    def _wide_sum(self, ids: Tensor, offset: int) -> Tensor:
+        """ids [B, N] -> sum of their wide rows [B, L] (pads, id 0, left out)."""
+        mask = (ids != 0).to(self.wide.weight.dtype)
+        return (self.wide(ids + offset) * mask.unsqueeze(-1)).sum(dim=1)
+
+    def _wide_logits(self, dx: Tensor, px: Tensor, med: Tensor, profile: Tensor) -> Tensor:
+        """Linear logits over code ids: current dx and px, previous visit's drugs, profile."""
+        # shift by one slot so that slot V-1 holds the previous visit for any V >= 1
+        prev_med = torch.cat([torch.zeros_like(med[:, :1]), med[:, :-1]], dim=1)[:, -1]
+        return (
+            self._wide_sum(dx[:, -1], self.dx_offset)
+            + self._wide_sum(px[:, -1], self.px_offset)
+            + self._wide_sum(prev_med, self.med_offset)
+            + self._wide_sum(profile, self.profile_offset)
+        )
 
     def _repeat_logits(self, med: Tensor, mask: Tensor) -> Tensor:
         """Per-drug weights times (in the previous visit, share of earlier visits)."""

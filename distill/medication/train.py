@@ -26,7 +26,7 @@ FeatureSource = Callable[[np.ndarray], np.ndarray]  # sample indices -> teacher 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    alpha: float = 1.0  # weight of feature MSE
+    alpha: float = 0.3  # weight of feature MSE
     beta: float = 0.1  # weight of profile/medication InfoNCE
     temperature: float = 0.1
     lr: float = 2e-3
@@ -37,6 +37,19 @@ class DistillConfig:
     seed: int = 0
     standardize_teacher: bool = True  # z-score teacher features with training statistics
     projector_mlp: bool = False  # False: one linear map to the teacher's width; True: two layers
+    # start the output bias at the training drugs' log-odds, so that no epoch is spent learning
+    # the popularity prior and early stopping compares models that all know it
+    prior_init: bool = True
+    # learning-rate multiplier for the per-drug parameters (repeat head, wide path, output bias):
+    # Adam moves a parameter by about lr a step, and with ~6 steps an epoch a weight starting at
+    # 0 cannot reach the logit scale (1-3) it needs before early stopping fires
+    fast_lr_multiplier: float = 10.0
+    fast_weight_decay: float | None = None  # AdamW decay of those parameters (None: weight_decay)
+    wide_l2: float = 1e-5  # L2 penalty (sum of squares) on the wide table, added to the loss
+    # initial value of the repeat head's "given at the previous visit" weight (logits). > 0 starts
+    # the student AT the previous_visit rule (prior + copy; the deep head's output layer then
+    # starts at zero), so that an early-stopped student is the rule plus corrections
+    copy_init: float = 3.0
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
@@ -45,6 +58,10 @@ class DistillConfig:
             raise ValueError("batch_size, max_epochs and patience must be >= 1")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.fast_lr_multiplier > 0:
+            raise ValueError(f"fast_lr_multiplier must be > 0, got {self.fast_lr_multiplier}")
+        if self.wide_l2 < 0 or (self.fast_weight_decay is not None and self.fast_weight_decay < 0):
+            raise ValueError("wide_l2 and fast_weight_decay must be >= 0")
 
     @property
     def uses_teacher(self) -> bool:
@@ -62,6 +79,7 @@ class TrainResult:
     best_val_prauc: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    val_scores: list[np.ndarray] = field(default_factory=list)  # per epoch, if kept
 
 
 def _tensors(arrays: dict[str, np.ndarray], idx: np.ndarray) -> list[torch.Tensor]:
@@ -90,8 +108,16 @@ def train_student(
     cfg: DistillConfig,
     teacher: FeatureSource | None = None,
     progress: Callable[[dict], None] | None = None,
+    epochs: int | None = None,
+    keep_val_scores: bool = False,
 ) -> TrainResult:
-    """Train one student; `teacher` maps training-sample indices to their teacher features."""
+    """Train one student; `teacher` maps training-sample indices to their teacher features.
+
+    Early stopping on `val` PR-AUC restores the best epoch. `epochs`: train exactly that many
+    epochs instead and keep the last (a refit whose epoch count was chosen elsewhere; `val` is
+    then only logged and may be empty). `keep_val_scores`: keep every epoch's validation scores
+    in `TrainResult.val_scores` (for pooling over inner folds).
+    """
     if cfg.uses_teacher and teacher is None:
         raise ValueError("alpha > 0 needs teacher features (offline cache or online teacher)")
     t0 = time.perf_counter()
@@ -103,8 +129,8 @@ def train_student(
         if cfg.uses_teacher
         else None
     )
-    params = list(model.parameters()) + (list(projector.parameters()) if projector else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    init_student(model, train["y"], cfg)
+    opt = _optimizer(model, projector, cfg)
 
     mean = std = None
     if cfg.uses_teacher and cfg.standardize_teacher:
@@ -115,7 +141,8 @@ def train_student(
     n = len(train["y"])
     best = (-math.inf, 0, None)
     history = []
-    for epoch in range(cfg.max_epochs):
+    val_scores: list[np.ndarray] = []
+    for epoch in range(cfg.max_epochs if epochs is None else epochs):
         model.train()
         if projector:
             projector.train()
@@ -139,17 +166,24 @@ def train_student(
             loss, parts = distill_loss(
                 logits, y, projected, t_feats, prof, meds, cfg.alpha, cfg.beta, cfg.temperature
             )
+            if cfg.wide_l2 > 0 and student_cfg.wide:
+                loss = loss + cfg.wide_l2 * model.wide.weight.pow(2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
-        val_prauc = prauc(val["y"], predict(model, val)) if len(val["y"]) else 0.0
+        s_val = predict(model, val) if len(val["y"]) else None
+        val_prauc = prauc(val["y"], s_val) if s_val is not None else 0.0
+        if keep_val_scores and s_val is not None:
+            val_scores.append(s_val)
         row = {"epoch": epoch, "val_prauc": val_prauc, **{k: v / n for k, v in sums.items()}}
         history.append(row)
         if progress:
             progress(row)
-        if val_prauc > best[0]:
+        if epochs is not None:
+            best = (val_prauc, epoch, None)
+        elif val_prauc > best[0]:
             state = {k: v.clone() for k, v in model.state_dict().items()}
             pstate = (
                 {k: v.clone() for k, v in projector.state_dict().items()} if projector else None
@@ -157,12 +191,44 @@ def train_student(
             best = (val_prauc, epoch, (state, pstate))
         elif epoch - best[1] >= cfg.patience:
             break
-    state, pstate = best[2]
-    model.load_state_dict(state)
-    if projector:
-        projector.load_state_dict(pstate)
+    if best[2] is not None:
+        state, pstate = best[2]
+        model.load_state_dict(state)
+        if projector:
+            projector.load_state_dict(pstate)
     model.eval()
-    return TrainResult(model, projector, best[1], best[0], history, time.perf_counter() - t0)
+    return TrainResult(
+        model, projector, best[1], best[0], history, time.perf_counter() - t0, val_scores
+    )
+
+
+FAST_PARAMETERS = frozenset({"repeat_last", "repeat_mean", "wide.weight", "head.3.bias"})
+
+
+@torch.no_grad()
+def init_student(model: LeaderStudent, y_train: np.ndarray, cfg: DistillConfig) -> None:
+    """`prior_init`: output bias = training log-odds; `copy_init`: repeat weight and zero head."""
+    out = model.head[-1]
+    if cfg.prior_init and len(y_train):
+        freq = (np.asarray(y_train, np.float64).sum(0) + 0.5) / (len(y_train) + 1.0)
+        out.bias.copy_(torch.from_numpy(np.log(freq / (1.0 - freq))).to(out.bias.dtype))
+    if cfg.copy_init and model.config.repeat_head:
+        model.repeat_last.fill_(cfg.copy_init)
+        out.weight.zero_()  # the untrained student is exactly prior + copy
+
+
+def _optimizer(model: LeaderStudent, projector, cfg: DistillConfig) -> torch.optim.Optimizer:
+    named = list(model.named_parameters())
+    fast = [p for n, p in named if n in FAST_PARAMETERS]
+    slow = [p for n, p in named if n not in FAST_PARAMETERS]
+    slow += list(projector.parameters()) if projector else []
+    fast_wd = cfg.weight_decay if cfg.fast_weight_decay is None else cfg.fast_weight_decay
+    groups = [{"params": slow}]
+    if fast:
+        groups.append(
+            {"params": fast, "lr": cfg.lr * cfg.fast_lr_multiplier, "weight_decay": fast_wd}
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _label_ids(y: torch.Tensor) -> torch.Tensor:
@@ -173,3 +239,112 @@ def _label_ids(y: torch.Tensor) -> torch.Tensor:
         nz = torch.nonzero(row, as_tuple=False).flatten() + 2
         ids[i, : len(nz)] = nz
     return ids
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Selection:
+    """What an inner k-fold over the non-test patients chose for one student setting."""
+
+    epochs: int  # number of epochs to train the refit for (best pooled epoch + 1)
+    threshold: float  # decision threshold, best Jaccard on the pooled out-of-fold scores
+    curve: list[float]  # pooled out-of-fold PR-AUC after each epoch
+    oof_scores: np.ndarray  # [n, L] out-of-fold scores at the chosen epoch
+    inner_folds: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "epochs": self.epochs,
+            "threshold": self.threshold,
+            "oof_prauc": round(self.curve[self.epochs - 1], 4),
+            "curve": [round(v, 4) for v in self.curve],
+            "inner_folds": self.inner_folds,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def inner_fold_of(patient_ids, k: int) -> np.ndarray:
+    """Inner fold of each sample's patient: sha256("inner:" + id) % k (never the outer split)."""
+    import hashlib
+
+    if k < 2:
+        raise ValueError(f"inner k-fold needs k >= 2, got {k}")
+    return np.array(
+        [int(hashlib.sha256(f"inner:{p}".encode()).hexdigest(), 16) % k for p in patient_ids]
+    )
+
+
+def select_by_inner_cv(
+    arrays: dict[str, np.ndarray],
+    patient_ids,
+    student_cfg: StudentConfig,
+    cfg: DistillConfig,
+    k: int = 4,
+    teacher: FeatureSource | None = None,
+    max_epochs: int | None = None,
+) -> Selection:
+    """Choose the epoch count (and threshold) on out-of-fold predictions of an inner k-fold.
+
+    `arrays`: the non-test samples (training and validation patients); `patient_ids`: one per
+    sample. Each inner fold trains on the other folds' patients for `max_epochs` (default
+    `cfg.max_epochs`) with no early stopping and scores its own patients after every epoch; the
+    epoch whose pooled out-of-fold PR-AUC is best wins. Uses 4-5x more patients to choose
+    with than the validation split alone; the test patients are not involved.
+    """
+    from distill.medication.evaluate import choose_threshold
+
+    t0 = time.perf_counter()
+    inner = inner_fold_of(patient_ids, k)
+    n_epochs = max_epochs or cfg.max_epochs
+    y = arrays["y"]
+    oof = np.zeros((n_epochs, *y.shape), np.float32)
+    for f in range(k):
+        va = np.flatnonzero(inner == f)
+        tr = np.flatnonzero(inner != f)
+        if len(va) == 0 or len(tr) == 0:
+            continue
+        source = (lambda i, t=tr: teacher(t[i])) if teacher is not None else None
+        res = train_student(
+            _subset(arrays, tr),
+            _subset(arrays, va),
+            student_cfg,
+            cfg,
+            teacher=source,
+            epochs=n_epochs,
+            keep_val_scores=True,
+        )
+        for e, scores in enumerate(res.val_scores):
+            oof[e, va] = scores
+    curve = [prauc(y, oof[e]) for e in range(n_epochs)]
+    best = int(np.argmax(curve))
+    return Selection(
+        epochs=best + 1,
+        threshold=choose_threshold(y, oof[best]),
+        curve=curve,
+        oof_scores=oof[best],
+        inner_folds=k,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def fit_selected(
+    arrays: dict[str, np.ndarray],
+    patient_ids,
+    student_cfg: StudentConfig,
+    cfg: DistillConfig,
+    k: int = 4,
+    teacher: FeatureSource | None = None,
+    max_epochs: int | None = None,
+) -> tuple[TrainResult, Selection]:
+    """`select_by_inner_cv`, then a refit on all of `arrays` for the chosen epoch count."""
+    sel = select_by_inner_cv(arrays, patient_ids, student_cfg, cfg, k, teacher, max_epochs)
+    empty = _subset(arrays, np.zeros(0, dtype=np.int64))
+    res = train_student(arrays, empty, student_cfg, cfg, teacher=teacher, epochs=sel.epochs)
+    return res, sel
+
+
+def _subset(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: a[idx] for name, a in arrays.items()}
