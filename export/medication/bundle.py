@@ -4,7 +4,8 @@
 manifest.json  model.int8.onnx  weights.npz  vocab.json  labels.json  ddi.json  titles.json.gz
 card.md
 ```
-`weights.npz` carries the student (float16) for the numpy fallback of builds without onnxruntime.
+`weights.npz` carries the student (int8 tables + float16, see `export.medication.weights`) for the
+numpy fallback of builds without onnxruntime.
 The bundle is written into a temporary sibling directory and renamed into place, so a reader
 never sees half a bundle.
 """
@@ -36,6 +37,10 @@ def write_json(path: Path, obj, compact: bool = True) -> None:
     path.write_text(json_text(obj, compact=compact), encoding="utf-8")
 
 
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "an unknown number of"
+
+
 def model_card(manifest: dict, labels: list[dict]) -> str:
     """A short model card: what it is, on what data, how good, what it must not be used for."""
     m = manifest
@@ -44,11 +49,11 @@ def model_card(manifest: dict, labels: list[dict]) -> str:
         f"# Model card: {m['name']}",
         "",
         "## What it is",
-        f"A LEADER-style student ({m['params'].get('student', '?'):,} parameters) distilled from "
-        f"the teacher `{m['teacher'].get('backbone')}` ({m['params'].get('teacher', 0):,} "
+        f"A LEADER-style student ({_count(m['params'].get('student'))} parameters) distilled "
+        f"from the teacher `{m['teacher'].get('backbone')}` ({_count(m['params'].get('teacher'))} "
         "parameters). Given a visit's diagnoses and procedures and the patient's earlier visits, "
         f"it scores {len(labels)} ATC level-3 drug classes; classes at or above the threshold "
-        f"{m['threshold']:.2f} (chosen on validation patients) are suggested.",
+        f"{m['threshold']:.2f} (chosen on non-test patients) are suggested.",
         "",
         "## Intended use",
         "Decision support for clinicians, offline: a ranked list to check, with drug-drug "

@@ -40,6 +40,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# the numpy fallback's weights in the bundle: int8 tables (code embeddings, wide path) with a
+# per-row scale, the rest float16 (export.medication.weights), to keep the bundle near 1 MB
+WEIGHTS_DTYPE = "int8"
+
 
 def export_json_path(bundle_dir: Path) -> Path:
     """Where the export of `bundle_dir` writes its results: ``<bundle_dir>.export.json``."""
@@ -147,7 +151,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
 
         model, scfg, int8, threshold, info, qinfo = shipped
         weights = tmp / "weights.npz"
-        save_numpy_weights(model, scfg, weights, dtype="float16")
+        save_numpy_weights(model, scfg, weights, dtype=WEIGHTS_DTYPE)
         vocab_json = {
             "diagnoses": vocabs.diagnoses.to_json(),
             "procedures": vocabs.procedures.to_json(),
@@ -187,7 +191,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
                 "shipped_fold": 0,
             },
             parity=parity,
-            weights_dtype="float16",
+            weights_dtype=WEIGHTS_DTYPE,
             force=force,
         )
     atomic_write_json(export_json_path(out_dir), results)

@@ -1,8 +1,11 @@
 """The student's weights as a plain `.npz` for the app's numpy fallback (no torch, no pickle).
 
-The archive holds every `state_dict` tensor under its `state_dict` name, as float32, and nothing
-else: the config travels in the bundle manifest. Non-persistent buffers (`med_to_label`) are not
-in the state dict; the runtime rebuilds them from the config.
+The archive holds every `state_dict` tensor under its `state_dict` name, as float32 (or float16),
+and nothing else: the config travels in the bundle manifest. With dtype "int8" the large tables
+(2-D, at least `INT8_MIN_SIZE` values: the code embeddings and the wide table) are stored as int8
+with one float32 scale per row under "<name>.qscale" (symmetric, scale = max |row| / 127), the
+rest as float16; the runtime multiplies them back to float32. Non-persistent buffers
+(`med_to_label`) are not in the state dict; the runtime rebuilds them from the config.
 """
 
 from __future__ import annotations
@@ -14,6 +17,17 @@ import torch
 
 from contract.files import atomic_path
 from distill.medication.student import LeaderStudent, StudentConfig
+
+INT8_MIN_SIZE = 16384
+SCALE_SUFFIX = ".qscale"
+
+
+def quantize_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8: (q [R, C] int8, scale [R] float32), a ~= q * scale[:, None]."""
+    peak = np.abs(a).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
 
 
 def numpy_state(model: LeaderStudent) -> dict[str, np.ndarray]:
@@ -39,10 +53,15 @@ def save_numpy_weights(
         raise ValueError(
             f"config does not match the model's own config: {config} != {model_config}"
         )
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
-    # float16 halves the bundle; the runtime computes in float32 either way
-    arrays = {k: v.astype(dtype) for k, v in numpy_state(model).items()}
+    if dtype not in ("float32", "float16", "int8"):
+        raise ValueError(f"dtype must be float32, float16 or int8, got {dtype!r}")
+    # float16 halves the bundle, int8 tables quarter them; the runtime computes in float32
+    arrays = {}
+    for k, v in numpy_state(model).items():
+        if dtype == "int8" and v.ndim == 2 and v.size >= INT8_MIN_SIZE:
+            arrays[k], arrays[k + SCALE_SUFFIX] = quantize_rows(v)
+        else:
+            arrays[k] = v.astype("float16" if dtype == "int8" else dtype)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
