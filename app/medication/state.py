@@ -131,6 +131,25 @@ class TimelineEntry:
     bundle_name: str
 
 
+
+def preferred_system(bundle, kind: str) -> str:
+    """The ICD version shown first: the bundle's data source's (MIMIC-III: ICD-9, MIMIC-IV
+    and Synthea: ICD-10), else the one most of its vocabulary uses."""
+    source = str((bundle.manifest.get("data") or {}).get("source") or "")
+    for prefix, (dx, px) in PREFERRED_VERSION.items():
+        if source.startswith(prefix):
+            return dx if kind == "diagnoses" else px
+    systems = [system_of(c) for c in bundle.vocabs[kind] if ":" in c]
+    return max(set(systems), key=systems.count) if systems else ""
+
+
+def code_index_of(bundle, kind: str) -> CodeIndex:
+    """The type-ahead over diagnoses or procedures the visit screen searches for `bundle`: the
+    whole shipped ICD dictionary and the model's vocabulary, its ICD version first."""
+    return dictionary_index(
+        kind, bundle.vocabs[kind], bundle.titles, preferred=preferred_system(bundle, kind)
+    )
+
 class MedicationState:
     """The clinic for one UI session; see the module docstring."""
 
@@ -156,14 +175,7 @@ class MedicationState:
     # -- type-ahead
 
     def preferred_system(self, kind: str) -> str:
-        """The ICD version shown first: the bundle's data source's (MIMIC-III: ICD-9, MIMIC-IV
-        and Synthea: ICD-10), else the one most of its vocabulary uses."""
-        source = str((self.bundle.manifest.get("data") or {}).get("source") or "")
-        for prefix, (dx, px) in PREFERRED_VERSION.items():
-            if source.startswith(prefix):
-                return dx if kind == "diagnoses" else px
-        systems = [system_of(c) for c in self.bundle.vocabs[kind] if ":" in c]
-        return max(set(systems), key=systems.count) if systems else ""
+        return preferred_system(self.bundle, kind)
 
     def code_index(self, kind: str) -> CodeIndex:
         """The type-ahead index of `kind`: "diagnoses", "procedures" (the whole shipped ICD
@@ -187,12 +199,7 @@ class MedicationState:
                     for name in names
                 )
             else:
-                self._indexes[kind] = dictionary_index(
-                    kind,
-                    self.bundle.vocabs[kind],
-                    self.bundle.titles,
-                    preferred=self.preferred_system(kind),
-                )
+                self._indexes[kind] = code_index_of(self.bundle, kind)
             index = self._indexes[kind]
         return index
 

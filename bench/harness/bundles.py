@@ -8,6 +8,7 @@ from pathlib import Path
 
 from app.medication.bundle import load_bundle
 from app.medication.codes import CodeIndex
+from app.medication.state import code_index_of
 from bench.harness.errors import SetupError
 from bench.harness.server import SHIPPED_BUNDLE
 from contract.bundle import BundleError
@@ -33,8 +34,8 @@ def diagnosis_codes(bundle) -> list[str]:
 
 
 def diagnosis_index(bundle) -> CodeIndex:
-    """The type-ahead the app builds over the bundle's diagnoses."""
-    return CodeIndex((c, bundle.titles.get(c, c)) for c in diagnosis_codes(bundle))
+    """The type-ahead the app builds over the bundle's diagnoses (the whole dictionary)."""
+    return code_index_of(bundle, "diagnoses")
 
 
 def typeahead_query(index: CodeIndex, code: str) -> str | None:
