@@ -17,7 +17,6 @@ import pytest
 
 from distill.backbone import TeacherConfig
 from distill.features import FrozenEncoder, extract_features, load_features, predict_proba
-from distill.medication.teacher import fit_frozen_head, load_frozen_head
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [f"k{j}" for j in range(6)] + [f"w{j}" for j in range(12)]
@@ -95,26 +94,20 @@ def test_torchrun_sharded_extraction_equals_one_process(tmp_path, llama_dir):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
 
 
-def test_frozen_head_fits_on_training_rows_and_round_trips(tmp_path):
+def test_the_frozen_teachers_probe_learns_from_training_rows_only():
+    from distill.medication.run import linear_probe
+    from distill.metrics import prauc
+
     rng = np.random.default_rng(0)
     n, h, labels = 120, 16, 5
     x = rng.standard_normal((n, h)).astype(np.float32) * 3 + 1
     w = rng.standard_normal((h, labels))
     y = (x @ w + rng.standard_normal((n, labels)) > 0).astype(np.float32)
     tr, va, te = np.arange(0, 80), np.arange(80, 100), np.arange(100, 120)
-    head = fit_frozen_head(x[tr], y[tr], x[va], y[va], l2_grid=(1e-2, 1.0, 100.0))
-    assert set(head.val_by_l2) == {"0.01", "1.0", "100.0"}
-    assert head.val_prauc == max(head.val_by_l2.values()) or np.isclose(
-        head.val_prauc, max(head.val_by_l2.values()), atol=1e-6
-    )
-    np.testing.assert_allclose(head.mean, x[tr].mean(0), rtol=1e-5)  # training rows only
-    p = head.predict_proba(x[te])
-    assert p.shape == (20, labels) and p.dtype == np.float32
-    from distill.metrics import prauc
-
-    assert prauc(y[te] > 0.5, p) > 0.75  # learnable signal is learnt
-    again = load_frozen_head(head.save(tmp_path / "teacher"))
-    np.testing.assert_allclose(again.predict_proba(x[te]), p, rtol=1e-6)
-    assert again.l2 == head.l2
-    with pytest.raises(ValueError, match="do not match"):
-        fit_frozen_head(x[tr], y[va], x[va], y[va])
+    p = linear_probe(x, y, tr, va)
+    assert p.shape == (n, labels) and p.dtype == np.float32
+    assert prauc(y[te] > 0.5, p[te]) > 0.75  # learnable signal is learnt
+    # the test rows' labels play no part: scrambling them changes nothing
+    y2 = y.copy()
+    y2[te] = 1 - y2[te]
+    np.testing.assert_allclose(linear_probe(x, y2, tr, va), p, rtol=1e-5, atol=1e-6)

@@ -10,8 +10,8 @@ distillation. The backbone itself (loading, pooling, tokenizing) is `distill.bac
 
 Frozen mode (``TeacherConfig(frozen=True)``): no fine-tuning at all. The backbone's pooled
 states (`distill.features.FrozenEncoder`) are label-free, so they are extracted once for all
-folds, and the teacher's scores come from `fit_frozen_head`: a logistic head per fold, fit on
-the training patients, its L2 weight chosen on the validation patients.
+folds, and the teacher's scores come from `distill.medication.run.linear_probe`: a logistic
+head per fold, fit on the training patients, its L2 weight chosen on the validation patients.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +55,7 @@ from distill.medication.teacher_trainer import (
 )
 
 __all__ = [
-    "FROZEN_L2_GRID",
-    "FrozenHead",
     "TeacherModel",
-    "fit_frozen_head",
-    "load_frozen_head",
     "load_teacher",
     "main",
     "save_teacher",
@@ -73,12 +68,6 @@ CONFIG_FILE = "teacher_config.json"
 HEAD_FILE = "head.safetensors"
 SUMMARY_FILE = "train_summary.json"
 FORMAT = "pocketrec-teacher/1"
-FROZEN_HEAD_FILE = "frozen_head.safetensors"
-FROZEN_CONFIG_FILE = "frozen_head.json"
-FROZEN_FORMAT = "pocketrec-frozen-head/1"
-# L2 weights tried for the frozen head (per drug: mean BCE + l2/2 * |w|^2 on z-scored features);
-# on the demo folds an inner CV picked 1-10 for MiniLM and SmolLM2 features (/work/plan/done-LLM.md)
-FROZEN_L2_GRID = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
 
 
 def _is_int(x: Any) -> bool:
@@ -214,130 +203,6 @@ def load_teacher(out_dir: str | Path) -> TeacherModel:
     head = load_file(str(out / HEAD_FILE))
     model.head.load_state_dict(head)
     return model.eval()
-
-
-# --------------------------------------------------------------------------- frozen head
-
-
-@dataclass(frozen=True)
-class FrozenHead:
-    """A logistic head over z-scored frozen teacher features (the frozen teacher's scores)."""
-
-    weight: np.ndarray  # [hidden, n_labels]
-    bias: np.ndarray  # [n_labels]
-    mean: np.ndarray  # [hidden], of the training features
-    std: np.ndarray  # [hidden]
-    l2: float
-    val_prauc: float
-    val_by_l2: dict[str, float]
-
-    def logits(self, feats: np.ndarray) -> np.ndarray:
-        z = (np.asarray(feats, dtype=np.float32) - self.mean) / self.std
-        return z @ self.weight + self.bias
-
-    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        return (1.0 / (1.0 + np.exp(-self.logits(feats)))).astype(np.float32)
-
-    def save(self, out_dir: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        arrays = {"weight": self.weight, "bias": self.bias, "mean": self.mean, "std": self.std}
-        save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()},
-            str(out / FROZEN_HEAD_FILE),
-        )
-        info = {
-            "format": FROZEN_FORMAT,
-            "l2": self.l2,
-            "val_prauc": self.val_prauc,
-            "val_prauc_by_l2": self.val_by_l2,
-        }
-        (out / FROZEN_CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        return out
-
-
-def load_frozen_head(out_dir: str | Path) -> FrozenHead:
-    from safetensors.numpy import load_file
-
-    out = Path(out_dir)
-    info = read_saved_info(out, FROZEN_CONFIG_FILE, FROZEN_FORMAT, "frozen teacher head")
-    t = load_file(str(out / FROZEN_HEAD_FILE))
-    return FrozenHead(
-        t["weight"],
-        t["bias"],
-        t["mean"],
-        t["std"],
-        float(info["l2"]),
-        float(info["val_prauc"]),
-        dict(info["val_prauc_by_l2"]),
-    )
-
-
-def _fit_logistic(
-    z: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-batch L-BFGS on mean BCE + l2/2 * mean over drugs of |w_drug|^2 (convex, so
-    deterministic up to float rounding); the bias starts at the training log-odds."""
-    n_labels = y.shape[1]
-    rate = y.mean(0).clamp(1e-4, 1 - 1e-4)
-    w = torch.zeros((z.shape[1], n_labels), dtype=z.dtype, requires_grad=True)
-    b = torch.log(rate / (1 - rate)).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(z @ w + b, y)
-        loss = loss + 0.5 * l2 * w.pow(2).sum() / n_labels
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
-
-
-def fit_frozen_head(
-    f_train: np.ndarray,
-    y_train: np.ndarray,
-    f_val: np.ndarray,
-    y_val: np.ndarray,
-    l2_grid: Sequence[float] = FROZEN_L2_GRID,
-    max_iter: int = 200,
-) -> FrozenHead:
-    """Fit the frozen teacher's head on the training patients' features, one fit per L2 weight
-    in ``l2_grid``; keep the one with the best PR-AUC on the validation patients (ties: the
-    larger L2). Features are z-scored with the training mean and std."""
-    from distill.metrics import prauc
-
-    f_tr = np.asarray(f_train, dtype=np.float32)
-    f_va = np.asarray(f_val, dtype=np.float32)
-    y_tr = np.asarray(y_train, dtype=np.float32)
-    y_va = np.asarray(y_val)
-    if f_tr.ndim != 2 or f_tr.shape[0] != y_tr.shape[0] or f_tr.shape[0] == 0:
-        raise ValueError(f"train features {f_tr.shape} and labels {y_tr.shape} do not match")
-    if f_va.shape[0] != y_va.shape[0] or f_va.shape[0] == 0 or f_va.shape[1] != f_tr.shape[1]:
-        raise ValueError(f"validation features {f_va.shape} and labels {y_va.shape} do not match")
-    if not l2_grid or any(not _is_real(x) or x < 0 for x in l2_grid):
-        raise ValueError(f"l2_grid must hold numbers >= 0, got {l2_grid!r}")
-    mean = f_tr.mean(0)
-    std = np.maximum(f_tr.std(0), 1e-6)
-    z_tr = torch.from_numpy((f_tr - mean) / std).double()
-    z_va = (f_va - mean) / std
-    yt = torch.from_numpy(y_tr).double()
-    best, by_l2 = None, {}
-    with torch.enable_grad():
-        for l2 in sorted(l2_grid, reverse=True):  # larger first: ties keep the simpler head
-            w, b = _fit_logistic(z_tr, yt, float(l2), max_iter)
-            w32, b32 = w.float().numpy(), b.float().numpy()
-            score = prauc(y_va > 0.5, z_va @ w32 + b32)
-            by_l2[repr(float(l2))] = round(float(score), 6)
-            if best is None or score > best[0] + 1e-12:
-                best = (score, float(l2), w32, b32)
-    score, l2, w32, b32 = best
-    return FrozenHead(w32, b32, mean, std, l2, float(score), by_l2)
 
 
 # --------------------------------------------------------------------------- training
