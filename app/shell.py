@@ -87,9 +87,10 @@ class PocketrecApp:
         # hide the Semantics wrapper, not its content: Flet 1.0 shows an error box for a
         # Semantics whose content is invisible
         self.close_box = tid("close-patient", self.close_button)
+        self.title_text = ft.Text("pocketrec", size=22, weight=ft.FontWeight.BOLD)
         self.header = ft.Row(
             [
-                ft.Text("pocketrec", size=22, weight=ft.FontWeight.BOLD),
+                self.title_text,
                 self.bundle_text,
                 ft.Container(expand=True),
                 ft.Icon(ft.Icons.PERSON),
@@ -290,13 +291,15 @@ class PocketrecApp:
             view.on_resize(width)
 
     def _fit(self, width: float | None) -> None:
-        """Phones: a compact rail (icons only) and no bundle name in the header."""
+        """Phones: a compact rail (icons only) and no app or bundle name in the header, so the
+        patient and "Close patient" fit."""
         narrow = bool(width) and width < NARROW_WIDTH
         self.rail.label_type = (
             ft.NavigationRailLabelType.NONE if narrow else ft.NavigationRailLabelType.ALL
         )
         self.rail.min_width = 56 if narrow else 88
         self.bundle_text.visible = not narrow
+        self.title_text.visible = not narrow
 
     async def _on_discard(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()
