@@ -466,13 +466,19 @@ def prune_opsets(model) -> None:
 
 def simplify(model) -> dict[str, int]:
     """The fp32 passes, in order, in place; returns what each changed."""
-    return {
-        "gelu_fused": fuse_gelu(model),
-        "reshapes_constant": simplify_reshapes(model),
-        "masks_as_cast": nonzero_as_cast(model),
-        "matmuls_merged": merge_sibling_matmuls(model),
-        "dead_nodes": eliminate_dead(model),
-    }
+    # names handed out are remembered by id(model): start and end clean, or a later model
+    # that reuses a freed model's id would get other names (and a different file)
+    _TAKEN.pop(id(model), None)
+    try:
+        return {
+            "gelu_fused": fuse_gelu(model),
+            "reshapes_constant": simplify_reshapes(model),
+            "masks_as_cast": nonzero_as_cast(model),
+            "matmuls_merged": merge_sibling_matmuls(model),
+            "dead_nodes": eliminate_dead(model),
+        }
+    finally:
+        _TAKEN.pop(id(model), None)
 
 
 def optimize_file(src: Path, dst: Path, passes: bool = True) -> dict:
