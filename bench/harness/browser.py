@@ -18,6 +18,8 @@ import contextlib
 import time
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 from bench.harness.errors import TypingError
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -157,11 +159,18 @@ def type_into(
     for attempt in range(tries):
         pauses.retypes += attempt > 0
         field.click(timeout=click_timeout_ms)
-        page.wait_for_function(
-            "e => document.activeElement === e",
-            arg=field.element_handle(),
-            timeout=FOCUS_TIMEOUT_MS,
-        )
+        try:
+            page.wait_for_function(
+                "e => document.activeElement === e",
+                arg=field.element_handle(),
+                timeout=FOCUS_TIMEOUT_MS,
+            )
+        except PlaywrightTimeout:
+            # a click that Flutter did not turn into focus (a busy machine, a field scrolled
+            # into view by the click itself): click again, within the same tries
+            if attempt == tries - 1:
+                raise
+            continue
         pauses.wait(page, FOCUS_PAUSE_MS)
         page.keyboard.press("Control+A")
         page.keyboard.press("Delete")
