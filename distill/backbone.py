@@ -49,6 +49,7 @@ __all__ = [
     "quiet_transformers",
     "read_saved_info",
     "resolve_backbone",
+    "wrap_lora",
     "smollm2_folder",
 ]
 
@@ -395,6 +396,22 @@ def load_backbone(source: str) -> nn.Module:
     if isinstance(getattr(model, "pooler", None), nn.Module):
         model.pooler = None
     return model
+
+
+def wrap_lora(backbone: nn.Module, cfg: Any) -> nn.Module:
+    """`backbone` with LoRA adapters per `cfg` (any config with lora_r, lora_alpha,
+    lora_dropout and lora_targets; targets default to `LORA_TARGETS` of the model type)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets or LORA_TARGETS.get(backbone.config.model_type)
+    lora_cfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(targets) if targets else None,
+        bias="none",
+    )
+    return get_peft_model(backbone, lora_cfg)
 
 
 def load_backbone_tokenizer(source: str, truncation_side: str = "left") -> Any:

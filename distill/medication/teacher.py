@@ -33,7 +33,6 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from distill.backbone import (
-    LORA_TARGETS,
     TeacherConfig,
     configure_threads,
     encode_texts,
@@ -44,6 +43,7 @@ from distill.backbone import (
     quiet_transformers,
     read_saved_info,
     resolve_backbone,
+    wrap_lora,
 )
 from distill.medication.teacher_trainer import (
     EncodedPrompts,
@@ -118,17 +118,7 @@ class TeacherModel(nn.Module):
         tokenizer = load_backbone_tokenizer(source, cfg.truncation_side)
         backbone = load_backbone(source)
         if cfg.lora:
-            from peft import LoraConfig, get_peft_model
-
-            targets = cfg.lora_targets or LORA_TARGETS.get(backbone.config.model_type)
-            lora_cfg = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=list(targets) if targets else None,
-                bias="none",
-            )
-            backbone = get_peft_model(backbone, lora_cfg)
+            backbone = wrap_lora(backbone, cfg)
         return cls(backbone, tokenizer, cfg, n_labels)
 
     @property

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from contract.files import atomic_path, atomic_write_json
 from distill.backbone import (
-    LORA_TARGETS,
     TeacherConfig,
     is_decoder_config,
     load_backbone,
@@ -39,6 +38,7 @@ from distill.backbone import (
     quiet_transformers,
     read_saved_info,
     resolve_backbone,
+    wrap_lora,
 )
 from distill.layers import AdditivePool
 from distill.news.samples import ItemIndex, history_rows
@@ -191,7 +191,7 @@ class NewsTeacher(nn.Module):
         tokenizer = load_backbone_tokenizer(source, "right")
         backbone = load_backbone(source)
         if cfg.lora:
-            backbone = _wrap_lora(backbone, cfg)
+            backbone = wrap_lora(backbone, cfg)
         else:
             backbone.requires_grad_(False)
         return cls(cfg, backbone, tokenizer)
@@ -230,20 +230,6 @@ class NewsTeacher(nn.Module):
             for k, v in self.state_dict().items()
             if k.startswith(("pool_", "item_head.", "user_start", "user_pool."))
         }
-
-
-def _wrap_lora(backbone: nn.Module, cfg: NewsTeacherConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    targets = cfg.lora_targets or LORA_TARGETS.get(backbone.config.model_type)
-    lora_cfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(targets) if targets else None,
-        bias="none",
-    )
-    return get_peft_model(backbone, lora_cfg)
 
 
 def model_device(model: nn.Module) -> torch.device:
