@@ -1,18 +1,24 @@
-"""Per-patient latency and size: the student (torch; ONNX Runtime fp32 as exported, fp32 and
-int8 through `export.optimize`'s passes; int8 as plainly quantised; the bundle's shipped int8
-file; the numpy backend) beside the teacher (torch, and exported to ONNX fp32 and int8 with
-optimum: what a user would run on the device instead of the student); plus the peak memory of
-a runtime-only process.
+"""Per-patient latency and size: the student (torch; ONNX Runtime fp32 as the torch exporter
+writes it, fp32 through `export.optimize`'s passes, int8 plainly quantised, int8 in the previous
+traced + optimised form, the compact fp32 and int8 graphs of `export.medication.compact` -- the
+int8 one is what `pocketrec export` ships --, the bundle's file, the numpy backend) beside the
+teachers (the run's fine-tuned teacher and the frozen LLM teacher SmolLM2-135M-Instruct, each in
+torch fp32 and exported to ONNX fp32 and int8 with optimum: what a user would run on the device
+instead of the student); plus the peak memory of a runtime-only process.
 
 One thread everywhere (torch.set_num_threads(1), ORT intra_op 1), batch 1 (p50/p95 over many
 single-patient calls, the backends interleaved round by round so that the machine's noise falls
-on all of them alike) and batch 256 (the batch's time / 256). The student's inputs are encoded
-and trimmed before the clock starts (the model's time; the app's encoding is the same for every
-backend); the teacher's time includes tokenizing its prompt. All figures come from one run on
-this machine, so compare them as ratios, not as absolute numbers.
+on all of them alike) and a batch (256 patients for the student, `--teacher-batch` for the
+teachers: the batch's time / its size). The student's inputs are encoded and trimmed before the
+clock starts (the model's time; the app's encoding is the same for every backend); a teacher's
+time includes tokenizing its prompt. The teachers read LEADER prompts built from the run's
+samples with the teacher's own tokenizer and a budget of `--prompt-tokens` tokens (the run's own
+prompts.jsonl may have been cut to a quick run's budget). All figures come from one run on this
+machine, so compare them as ratios, not as absolute numbers.
 
 Usage: python bench/latency.py [--run runs/demo/run] [--bundle assets/bundles/medication-demo]
-       [--preset avx2] [--no-teacher-onnx]
+       [--preset avx2] [--prompt-tokens 512] [--llm-teacher smollm2 | --no-llm-teacher]
+       [--no-teacher-onnx]
 """
 
 from __future__ import annotations
@@ -113,6 +119,26 @@ def _nodes(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def _prompts(samples, titles, tokenizer, max_tokens: int, max_items) -> list[str]:
+    """LEADER prompts of `samples` fitted to `max_tokens` of `tokenizer` (as a run builds
+    them)."""
+    from distill.medication.prompts import build_prompt, tokenizer_counter
+
+    count = tokenizer_counter(tokenizer)
+    return [
+        build_prompt(
+            s, titles=titles, count_tokens=count, max_tokens=max_tokens, max_items=max_items
+        )
+        for s in samples
+    ]
+
+
+def _token_stats(tokenizer, texts: list[str], max_length: int) -> dict:
+    enc = tokenizer(texts, truncation=True, max_length=max_length, verbose=False)
+    n = np.array([len(ids) for ids in enc["input_ids"]])
+    return {"mean": float(n.mean()), "p50": float(np.median(n)), "max": int(n.max())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "demo" / "run")
@@ -120,15 +146,17 @@ def main() -> None:
     ap.add_argument("--preset", default=None, help="student int8 preset (default: the bundle's)")
     ap.add_argument("--single", type=int, default=100, help="patients per round, batch 1")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds of batch-1 calls")
-    ap.add_argument("--teacher-single", type=int, default=20)
-    ap.add_argument("--no-teacher-onnx", action="store_true", help="skip the optimum export")
+    ap.add_argument("--teacher-single", type=int, default=10, help="patients, batch 1")
+    ap.add_argument("--teacher-batch", type=int, default=16, help="patients in a teacher batch")
+    ap.add_argument("--prompt-tokens", type=int, default=512, help="teacher prompt budget")
+    ap.add_argument("--no-teacher-onnx", action="store_true", help="skip the optimum exports")
     ap.add_argument(
         "--llm-teacher",
-        type=Path,
-        default=None,
-        help="a saved LLM teacher folder (e.g. <smollm2 run>/fold0/teacher): its ONNX fp32 and "
-        "int8 exports are timed too",
+        default="smollm2",
+        help="the frozen LLM teacher's backbone (a name or a model folder), timed in torch and "
+        "exported to ONNX fp32 and int8 with optimum (default smollm2: SmolLM2-135M-Instruct)",
     )
+    ap.add_argument("--no-llm-teacher", action="store_true", help="skip the LLM teacher")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = ap.parse_args()
 
@@ -145,6 +173,7 @@ def main() -> None:
     from distill.data.tensors import MedVocabs, encode_samples
     from distill.medication.student import load_student
     from distill.medication.teacher import load_teacher
+    from export.medication.compact import export_compact
     from export.medication.graph import export_student
     from export.optimize import optimize_file
     from export.quantize import quantize
@@ -157,7 +186,6 @@ def main() -> None:
     arrays = encode_samples(
         samples, MedVocabs.load(args.run / "vocab"), TensorConfig(**cfg["tensors"])
     )
-    texts = [json.loads(line)["text"] for line in (args.run / "prompts.jsonl").open()]
     n = len(samples)
     rng = np.random.default_rng(0)
     order = rng.permutation(n)
@@ -189,12 +217,15 @@ def main() -> None:
         "ort_fp32": tmp / "student.fp32.onnx",
         "ort_fp32_opt": tmp / "student.fp32.opt.onnx",
         "ort_int8_plain": tmp / "student.int8.plain.onnx",
+        "ort_int8_traced": tmp / "student.int8.traced.onnx",
+        "ort_fp32_compact": tmp / "student.fp32.compact.onnx",
         "ort_int8": tmp / "student.int8.onnx",
     }
     export_student(student, scfg, files["ort_fp32"])
     optimize_file(files["ort_fp32"], files["ort_fp32_opt"])
     quantize(files["ort_fp32"], files["ort_int8_plain"], preset, optimize=False)
-    qinfo = quantize(files["ort_fp32"], files["ort_int8"], preset)
+    traced_q = quantize(files["ort_fp32"], files["ort_int8_traced"], preset)
+    _, qinfo = export_compact(student, scfg, files["ort_fp32_compact"], files["ort_int8"], preset)
     if bundle is not None:
         files["ort_int8_bundle"] = bundle.model_path
     sessions = {name: _session(p) for name, p in files.items()}
@@ -218,69 +249,88 @@ def main() -> None:
             rows[name]["nodes"] = _nodes(files[name])
     print("students: done", file=sys.stderr)
 
-    teacher_dir = args.run / "fold0" / "teacher"
-    teacher = load_teacher(teacher_dir)
-    tok = teacher.tokenizer
+    # ---- teachers: the run's (fine-tuned, or frozen with a probe) and the frozen LLM
+    max_items = cfg.get("prompt_max_items")
+    t_pick = [int(i[0]) for i in single_idx[: args.teacher_single]]
+    b_pick = [int(i) for i in order[: args.teacher_batch]]
+    teachers, teacher_info, sizes_teacher, prompt_tokens = {}, {}, {}, {}
 
-    def run_teacher(idx):
-        enc = tok(
-            [texts[i] for i in idx],
-            truncation=True,
-            max_length=teacher.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            teacher(enc["input_ids"], enc["attention_mask"])
+    def add_teacher(key: str, model, onnx_dir: Path | None, onnx_export) -> None:
+        from export.teacher import OnnxTeacher
 
-    teachers = {"teacher_torch": run_teacher}
-    teacher_onnx = None
-    if not args.no_teacher_onnx:
-        from export.teacher import OnnxTeacher, export_teacher
+        model.eval()
+        texts = _prompts(samples, cohort.titles, model.tokenizer, args.prompt_tokens, max_items)
+        length = min(args.prompt_tokens, model.max_length_limit)
+        prompt_tokens[key] = _token_stats(model.tokenizer, [texts[i] for i in t_pick], length)
 
-        teacher_onnx = export_teacher(teacher_dir, tmp / "teacher", preset="avx512_vnni")
-        for which in ("fp32", "int8"):
-            ot = OnnxTeacher(tmp / "teacher", which)
-            teachers[f"teacher_onnx_{which}"] = lambda idx, ot=ot: ot.logits(
-                [texts[i] for i in idx]
+        def run_torch(idx, model=model, texts=texts):
+            enc = model.tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=length,
+                padding=True,
+                return_tensors="pt",
             )
-    if args.llm_teacher is not None:
-        from export.teacher import OnnxTeacher, export_teacher
+            with torch.inference_mode():
+                model(enc["input_ids"], enc["attention_mask"])
 
+        teachers[f"{key}_torch"] = (run_torch, texts)
+        sizes_teacher[f"{key}_fp32_params_bytes"] = 4 * sum(p.numel() for p in model.parameters())
+        if onnx_dir is None:
+            return
         try:
-            llm_onnx = export_teacher(args.llm_teacher, tmp / "llm", preset="avx512_vnni")
+            info = onnx_export(onnx_dir)
         except Exception as e:  # an optimum export failure is a finding, not a crash
-            llm_onnx = {"error": f"{type(e).__name__}: {e}"}
-            print(f"LLM teacher export failed: {llm_onnx['error']}", file=sys.stderr)
-        else:
-            for which in ("fp32", "int8"):
-                ot = OnnxTeacher(tmp / "llm", which)
-                teachers[f"llm_teacher_onnx_{which}"] = lambda idx, ot=ot: ot.logits(
-                    [texts[i] for i in idx]
-                )
-    else:
-        llm_onnx = None
-    t_idx = single_idx[: args.teacher_single]
-    t_times = time_interleaved(teachers, t_idx, rounds=1)
-    for name, fn in teachers.items():
+            teacher_info[key] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"{key} export failed: {teacher_info[key]['error']}", file=sys.stderr)
+            return
+        teacher_info[key] = info
+        for which in ("fp32", "int8"):
+            ot = OnnxTeacher(onnx_dir, which, max_length=length)
+            teachers[f"{key}_onnx_{which}"] = (
+                lambda idx, ot=ot, texts=texts: ot.logits([texts[i] for i in idx]),
+                texts,
+            )
+            sizes_teacher[f"{key}_onnx_{which}"] = info["bytes"][which]
+
+    from export.teacher import export_teacher, export_teacher_model, frozen_teacher
+
+    teacher_dir = args.run / "fold0" / "teacher"
+    if teacher_dir.is_dir():
+        teacher = load_teacher(teacher_dir)
+        teacher.max_length_limit = _position_limit(teacher)
+        add_teacher(
+            "teacher",
+            teacher,
+            None if args.no_teacher_onnx else tmp / "teacher",
+            lambda out: export_teacher(teacher_dir, out, preset="avx512_vnni"),
+        )
+    if not args.no_llm_teacher:
+        llm = frozen_teacher(args.llm_teacher, scfg.n_labels, max_length=args.prompt_tokens)
+        llm.max_length_limit = _position_limit(llm)
+        add_teacher(
+            "llm_teacher",
+            llm,
+            None if args.no_teacher_onnx else tmp / "llm",
+            lambda out: export_teacher_model(llm, out, preset="avx512_vnni"),
+        )
+    t_fns = {name: fn for name, (fn, _) in teachers.items()}
+    t_times = time_interleaved(t_fns, [np.array([i]) for i in t_pick], rounds=1)
+    for name, fn in t_fns.items():
         rows[name] = {
             "batch1": batch1_stats(t_times[name]),
-            "batch256_ms_per_patient": time_batch(fn, big, 256, repeats=1),
+            "batch_ms_per_patient": time_batch(fn, b_pick, len(b_pick), repeats=1),
         }
     print("teachers: done", file=sys.stderr)
 
     sizes = {
-        "teacher_fp32_params_bytes": 4 * sum(p.numel() for p in teacher.parameters()),
         "student_safetensors": (args.run / "fold0" / "student_kd.safetensors").stat().st_size,
         "student_onnx_fp32": files["ort_fp32"].stat().st_size,
+        "student_onnx_fp32_compact": files["ort_fp32_compact"].stat().st_size,
+        "student_onnx_int8_traced": files["ort_int8_traced"].stat().st_size,
         "student_onnx_int8": files["ort_int8"].stat().st_size,
+        **sizes_teacher,
     }
-    if teacher_onnx is not None:
-        sizes["teacher_onnx_fp32"] = teacher_onnx["bytes"]["fp32"]
-        sizes["teacher_onnx_int8"] = teacher_onnx["bytes"]["int8"]
-    if llm_onnx and "bytes" in llm_onnx:
-        sizes["llm_teacher_onnx_fp32"] = llm_onnx["bytes"]["fp32"]
-        sizes["llm_teacher_onnx_int8"] = llm_onnx["bytes"]["int8"]
     if bundle is not None:
         sizes["bundle_total"] = sum(p.stat().st_size for p in args.bundle.iterdir() if p.is_file())
     memory = {}
@@ -299,26 +349,30 @@ def main() -> None:
                 "heavy_modules_loaded": out[2],
             }
 
-    ref_name = "teacher_onnx_int8" if "teacher_onnx_int8" in rows else "teacher_torch"
+    refs = [r for r in ("llm_teacher_onnx_int8", "teacher_onnx_int8", "teacher_torch") if r in rows]
+    ref_name = refs[0] if refs else "ort_fp32"
     ref = rows[ref_name]
     print(f"\nstudent int8 preset {preset}; ratios against {ref_name}")
     print(
-        "\n| model | nodes | batch 1 p50 ms | best-round p50 | p95 ms | batch 256 ms/patient | "
-        f"x faster than {ref_name} (p50) | (batch 256) |"
+        "\n| model | nodes | batch 1 p50 ms | best-round p50 | p95 ms | batched ms/patient | "
+        f"x faster than {ref_name} (p50) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         b1 = r["batch1"]
+        batched = r.get("batch256_ms_per_patient", r.get("batch_ms_per_patient"))
         print(
             f"| {name} | {r.get('nodes', '')} | {b1['p50_ms']:.4f} | "
-            f"{b1['best_round_p50_ms']:.4f} | {b1['p95_ms']:.4f} | "
-            f"{r['batch256_ms_per_patient']:.4f} | "
-            f"{ref['batch1']['p50_ms'] / b1['p50_ms']:.0f}x | "
-            f"{ref['batch256_ms_per_patient'] / r['batch256_ms_per_patient']:.0f}x |"
+            f"{b1['best_round_p50_ms']:.4f} | {b1['p95_ms']:.4f} | {batched:.4f} | "
+            f"{ref['batch1']['p50_ms'] / b1['p50_ms']:.0f}x |"
         )
     print("\n| size | bytes |\n|---|---:|")
     for k, v in sizes.items():
         print(f"| {k} | {v:,} |")
+    if prompt_tokens:
+        print("\n| teacher prompt tokens | mean | p50 | max |\n|---|---:|---:|---:|")
+        for k, v in prompt_tokens.items():
+            print(f"| {k} | {v['mean']:.0f} | {v['p50']:.0f} | {v['max']} |")
     if memory:
         print("\n| runtime-only process | peak RSS MiB | load + 201 calls s | heavy modules |")
         print("|---|---:|---:|---|")
@@ -332,6 +386,15 @@ def main() -> None:
     def best(name):
         return rows[name]["batch1"]["best_round_p50_ms"]
 
+    pairs = {
+        "int8_vs_fp32_as_exported": ("ort_fp32", "ort_int8"),
+        "int8_vs_fp32_optimised": ("ort_fp32_opt", "ort_int8"),
+        "int8_vs_fp32_compact": ("ort_fp32_compact", "ort_int8"),
+        "int8_vs_int8_traced": ("ort_int8_traced", "ort_int8"),
+        "int8_vs_int8_plain": ("ort_int8_plain", "ort_int8"),
+        "numpy_vs_int8": ("numpy", "ort_int8"),
+    }
+    pairs = {k: v for k, v in pairs.items() if all(x in rows for x in v)}
     result = {
         "run": str(args.run),
         "bundle": str(args.bundle) if bundle is not None else None,
@@ -344,38 +407,34 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "student_int8_preset": preset,
+        "student_int8_form": qinfo["graph"],
         "student_int8_optimization": qinfo["optimization"],
+        "student_int8_traced_optimization": traced_q["optimization"],
         "latency": rows,
         "size_bytes": sizes,
         "runtime_memory": memory,
-        "ratios_p50": {
-            "int8_vs_fp32_as_exported": p50("ort_fp32") / p50("ort_int8"),
-            "int8_vs_fp32_optimised": p50("ort_fp32_opt") / p50("ort_int8"),
-            "int8_vs_int8_plain": p50("ort_int8_plain") / p50("ort_int8"),
-            "student_int8_vs_teacher_torch": p50("teacher_torch") / p50("ort_int8"),
-        },
-        "ratios_best_round_p50": {
-            "int8_vs_fp32_as_exported": best("ort_fp32") / best("ort_int8"),
-            "int8_vs_fp32_optimised": best("ort_fp32_opt") / best("ort_int8"),
-            "int8_vs_int8_plain": best("ort_int8_plain") / best("ort_int8"),
-        },
-        "teacher_prompt_tokens_max": teacher.max_length,
-        "teacher_onnx": teacher_onnx,
-        "llm_teacher_onnx": llm_onnx,
+        "ratios_p50": {k: p50(a) / p50(b) for k, (a, b) in pairs.items()},
+        "ratios_best_round_p50": {k: best(a) / best(b) for k, (a, b) in pairs.items()},
+        "teacher_prompt_budget_tokens": args.prompt_tokens,
+        "teacher_prompt_tokens": prompt_tokens,
+        "teacher_batch": len(b_pick),
+        "teacher_onnx": teacher_info.get("teacher"),
+        "llm_teacher_onnx": teacher_info.get("llm_teacher"),
     }
-    if "teacher_onnx_int8" in rows:
-        result["ratios_p50"]["student_int8_vs_teacher_onnx_int8"] = p50("teacher_onnx_int8") / p50(
-            "ort_int8"
+    for name in teachers:
+        result["ratios_p50"][f"student_int8_vs_{name}"] = p50(name) / p50("ort_int8")
+        result.setdefault("ratios_batched", {})[f"student_int8_vs_{name}"] = (
+            rows[name]["batch_ms_per_patient"] / rows["ort_int8"]["batch256_ms_per_patient"]
         )
-        result["ratios_batch256"] = {
-            "student_int8_vs_teacher_onnx_int8": rows["teacher_onnx_int8"][
-                "batch256_ms_per_patient"
-            ]
-            / rows["ort_int8"]["batch256_ms_per_patient"]
-        }
     atomic_write_json(args.out, result)
     print(f"\nwrote {args.out}", file=sys.stderr)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _position_limit(teacher) -> int:
+    """The most tokens the teacher's backbone takes (its position table), or a large number."""
+    limit = getattr(teacher.backbone_config, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) else 1 << 30
 
 
 if __name__ == "__main__":

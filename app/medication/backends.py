@@ -49,11 +49,43 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return (0.5 * x64 * (1.0 + erf(x64 * (1.0 / math.sqrt(2.0))))).astype(x.dtype, copy=False)
 
 
-def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    return centred / np.sqrt(var + np.float32(LAYER_NORM_EPS)) * w + b
+# GELU for the numpy backend's hot path: x * Phi(x), with Phi (the normal CDF, from math.erf)
+# tabulated on a grid of step 1/512 over [-8, 8] and interpolated linearly (|error| < 3e-7 |x|;
+# Phi is 0 and 1 beyond, to float32 precision). np.interp is one call but ~0.1 us an element
+# here; the explicit lookup is a fixed ~9 calls: the smaller arrays take the first.
+_PHI_STEP = 512
+_PHI_X = np.linspace(-8.0, 8.0, 16 * _PHI_STEP + 1)
+_PHI = np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in _PHI_X])
+_PHI[0], _PHI[-1] = 0.0, 1.0  # 6e-16 from them: so that huge |x| gives 0 and x exactly
+_PHI32 = _PHI.astype(np.float32)
+_PHI_SLOPE32 = np.append(np.diff(_PHI), 0.0).astype(np.float32)
+_INTERP_MAX = 160  # elements
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact-GELU to ~3e-7 relative, float32 in and out (see `_PHI`)."""
+    if x.size <= _INTERP_MAX:
+        return np.multiply(x, np.interp(x, _PHI_X, _PHI), dtype=np.float32, casting="same_kind")
+    u = x * np.float32(_PHI_STEP)
+    u += np.float32(8 * _PHI_STEP)
+    np.clip(u, -1.0, len(_PHI), out=u)  # beyond the grid: Phi's end values, slope 0
+    i = u.astype(np.intp)
+    u -= i
+    u *= _PHI_SLOPE32.take(i, mode="clip")
+    u += _PHI32.take(i, mode="clip")
+    u *= x
+    return u
+
+
+def _normalize(x: np.ndarray, mean_vec: np.ndarray) -> np.ndarray:
+    """LayerNorm without its scale and shift, over sqrt(D) (the three are folded into the
+    next product): (x - mean) / sqrt(sum (x - mean)^2 + D eps). `mean_vec`: [D, 1] of 1/D."""
+    centred = x - x @ mean_vec
+    ss = np.einsum("...i,...i->...", centred, centred)[..., None]
+    ss += np.float32(x.shape[-1] * LAYER_NORM_EPS)
+    ss **= np.float32(-0.5)
+    centred *= ss
+    return centred
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -209,67 +241,119 @@ class NumpyBackend:
         self._prepare(f32)
 
     def _prepare(self, w: dict[str, np.ndarray]) -> None:
-        """Pre-transpose the Linear weights (y = x @ W^T + b) and fuse q, k, v."""
+        """Precompute the compact form (the same algebra as `export.medication.compact`): per
+        code kind a table [embedding @ W_set^T | 1] whose pad row is zero (a code set's masked
+        mean through its Linear layer is then one fancy index, one sum and one division),
+        LayerNorm scales and shifts folded into the products that follow them, q, k, v fused
+        with the attention scale folded into q, the slot embedding plus the visit projection's
+        bias as one table, and the wide rows with zero pad rows (the profile's beside its
+        embedding product)."""
         c = self.config
-
-        def lin(name: str) -> tuple[np.ndarray, np.ndarray]:
-            return np.ascontiguousarray(w[f"{name}.weight"].T), w[f"{name}.bias"]
-
-        self.embed = w["embed.weight"]
-        self.offsets = {
-            "dx": 0,
-            "px": c.n_diagnoses,
-            "med": c.n_diagnoses + c.n_procedures,
-            "profile": c.n_diagnoses + c.n_procedures + c.n_medications,
-        }
-        self.sizes = {
+        d, h = c.dim, c.heads
+        f64 = {k: np.asarray(v, np.float64) for k, v in w.items()}
+        n = {
             "dx": c.n_diagnoses,
             "px": c.n_procedures,
             "med": c.n_medications,
             "profile": c.n_profile,
         }
-        self.dx_set, self.px_set, self.med_set = lin("dx_set.0"), lin("px_set.0"), lin("med_set.0")
-        self.visit_proj = lin("visit_proj")
-        self.slot_embed = w["slot_embed.weight"]
-        self.profile_proj = lin("profile_proj")
+        self.sizes = n
+        layers = {"dx": "dx_set.0", "px": "px_set.0", "med": "med_set.0", "profile": "profile_proj"}
+        embed = f64["embed.weight"]
+        start = 0
+        tables = {}
+        for kind in ("dx", "px", "med", "profile"):
+            rows = slice(start, start + n[kind])
+            parts = [embed[rows] @ f64[f"{layers[kind]}.weight"].T, np.ones((n[kind], 1))]
+            if self.wide:
+                wide_rows = f64["wide.weight"][rows].copy()
+                wide_rows[PAD_ID] = 0.0
+                if kind == "profile":
+                    parts.append(wide_rows)
+                else:
+                    tables[f"wide_{kind}"] = wide_rows
+            table = np.concatenate(parts, axis=1)
+            table[PAD_ID] = 0.0
+            tables[kind] = table
+            start += n[kind]
+        f32 = {k: np.ascontiguousarray(v, np.float32) for k, v in tables.items()}
+        self.t_dx, self.t_px, self.t_med, self.t_profile = (
+            f32[k] for k in ("dx", "px", "med", "profile")
+        )
+        if self.wide:
+            # one table for the current visit's codes and the previous visit's drugs
+            self.wide_codes = np.ascontiguousarray(
+                np.concatenate([f32[f"wide_{k}"] for k in ("dx", "px", "med")])
+            )
+            self.wide_offsets = (n["dx"], n["dx"] + n["px"])
+
+        def as32(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a, dtype=np.float32)
+
+        self.set_bias = as32(
+            np.concatenate([f64[f"{k}.bias"] for k in ("dx_set.0", "px_set.0", "med_set.0")])
+        )
+        self.w_visit = as32(f64["visit_proj.weight"].T)
+        self.slot = as32(f64["slot_embed.weight"] + f64["visit_proj.bias"])
+        self._slots: dict[int, np.ndarray] = {}
+        self.profile_bias = as32(f64["profile_proj.bias"])
+
+        root_d = math.sqrt(d)  # `_normalize` returns the normalised x over sqrt(D)
+        self.mean_vec = np.full((d, 1), 1.0 / d, dtype=np.float32)
+
+        def folded(ln: str, lin_w: np.ndarray, lin_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """LayerNorm(x) @ W + b = norm(x) @ (g * W) + (beta @ W + b)."""
+            g, beta = f64[f"{ln}.weight"], f64[f"{ln}.bias"]
+            return as32(g[:, None] * lin_w * root_d), as32(beta @ lin_w + lin_b)
+
+        scale = 1.0 / math.sqrt(d // h)
         self.blocks = []
         for i in range(c.visit_layers):
             p = f"blocks.{i}"
-            qkv_w = np.concatenate([w[f"{p}.attn.{n}.weight"] for n in "qkv"], axis=0)
-            qkv_b = np.concatenate([w[f"{p}.attn.{n}.bias"] for n in "qkv"], axis=0)
+            qkv_w = np.concatenate([f64[f"{p}.attn.{k}.weight"].T for k in "qkv"], axis=1)
+            qkv_b = np.concatenate([f64[f"{p}.attn.{k}.bias"] for k in "qkv"])
+            qkv_w[:, :d] *= scale
+            qkv_b[:d] *= scale
             self.blocks.append(
                 {
-                    "ln1": (w[f"{p}.ln1.weight"], w[f"{p}.ln1.bias"]),
-                    "qkv": (np.ascontiguousarray(qkv_w.T), qkv_b),
-                    "out": lin(f"{p}.attn.out"),
-                    "ln2": (w[f"{p}.ln2.weight"], w[f"{p}.ln2.bias"]),
-                    "mlp0": lin(f"{p}.mlp.0"),
-                    "mlp2": lin(f"{p}.mlp.2"),
+                    "qkv": folded(f"{p}.ln1", qkv_w, qkv_b),
+                    "out": (as32(f64[f"{p}.attn.out.weight"].T), as32(f64[f"{p}.attn.out.bias"])),
+                    "mlp0": folded(f"{p}.ln2", f64[f"{p}.mlp.0.weight"].T, f64[f"{p}.mlp.0.bias"]),
+                    "mlp2": (as32(f64[f"{p}.mlp.2.weight"].T), as32(f64[f"{p}.mlp.2.bias"])),
                 }
             )
-        self.ln_f = (w["ln_f.weight"], w["ln_f.bias"])
-        self.feature = lin("feature")
-        self.head0, self.head3 = lin("head.0"), lin("head.3")
+        # features = [ln_f(x_last), ln_f(x_profile)] @ W^T + b, the LayerNorm folded per half
+        wf = f64["feature.weight"].T  # [2D, D]
+        g, beta = f64["ln_f.weight"], f64["ln_f.bias"]
+        self.feature = (
+            as32(np.concatenate([g[:, None] * wf[:d], g[:, None] * wf[d:]]) * root_d),
+            as32(beta @ wf[:d] + beta @ wf[d:] + f64["feature.bias"]),
+        )
+        self.head0 = (as32(f64["head.0.weight"].T), as32(f64["head.0.bias"]))
+        self.head3 = (as32(f64["head.3.weight"].T), as32(f64["head.3.bias"]))
         if self.repeat_head:
             # label l is medication id l + 2 (the model's fixed med_to_label table)
-            table = np.zeros((c.n_medications, c.n_labels), dtype=np.float32)
-            n = min(c.n_medications - LABEL_OFFSET, c.n_labels)
-            table[LABEL_OFFSET + np.arange(n), np.arange(n)] = 1.0
-            self.med_to_label = table
-            self.repeat_last = w["repeat_last"]
-            self.repeat_mean = w["repeat_mean"]
-        if self.wide:
-            self.wide_weight = w["wide.weight"]
+            self.n_repeat = min(c.n_medications - LABEL_OFFSET, c.n_labels)
+            self.repeat_last = as32(f64["repeat_last"][: self.n_repeat])
+            self.repeat_mean = as32(f64["repeat_mean"][: self.n_repeat])
+            self._hot_index: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _code_set(self, ids: np.ndarray, kind: str) -> np.ndarray:
-        """ids [..., N] -> masked mean of their embeddings [..., D] (pads, id 0, left out)."""
-        if ids.size and (ids.min() < 0 or ids.max() >= self.sizes[kind]):
-            raise ValueError(f"inputs[{kind!r}] has ids outside 0..{self.sizes[kind] - 1}")
-        mask = (ids != PAD_ID).astype(np.float32)
-        emb = self.embed[ids + self.offsets[kind]]  # [..., N, D]
-        total = np.matmul(mask[..., None, :], emb)[..., 0, :]
-        count = np.maximum(mask.sum(axis=-1, keepdims=True), np.float32(1.0))
-        return total / count
+    def _check_ids(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """ValueError naming the input whose ids fall outside its vocabulary."""
+        kinds = (("dx", "dx"), ("px", "px"), ("med", "med"), ("profile", "profile"))
+        for name, kind in kinds:
+            ids = arrays[name]
+            if ids.size and (ids.min() < 0 or ids.max() >= self.sizes[kind]):
+                raise ValueError(f"inputs[{kind!r}] has ids outside 0..{self.sizes[kind] - 1}")
+
+    def _slot_rows(self, n_visits: int) -> np.ndarray:
+        """Slot embedding + visit projection bias of each slot: index = distance from the
+        current visit (the last slot), clamped to the last learned slot."""
+        rows = self._slots.get(n_visits)
+        if rows is None:
+            distance = np.minimum(np.arange(n_visits)[::-1], self.config.max_visits - 1)
+            rows = self._slots[n_visits] = np.ascontiguousarray(self.slot[distance])
+        return rows
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """-> logits [B, n_labels], float32."""
@@ -279,68 +363,95 @@ class NumpyBackend:
         """-> (logits [B, n_labels], features [B, dim]), as the student's forward."""
         a = _check_inputs(inputs)
         dx, px, med, mask, profile = (a[n] for n in INPUT_NAMES)
+        if (
+            min(dx.min(initial=0), px.min(initial=0), med.min(initial=0), profile.min(initial=0))
+            < 0
+        ):
+            self._check_ids(a)
+        try:
+            return self._forward(dx, px, med, mask, profile)
+        except IndexError:  # an id past its vocabulary: say which
+            self._check_ids(a)
+            raise
+
+    def _forward(self, dx, px, med, mask, profile) -> tuple[np.ndarray, np.ndarray]:
         b, n_visits = mask.shape
-        d = self.config.dim
-        h = self.config.heads
+        c = self.config
+        d, h = c.dim, c.heads
         hd = d // h
-
-        def linear(x: np.ndarray, wb: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-            return x @ wb[0] + wb[1]
-
-        visits = np.concatenate(
-            [
-                gelu(linear(self._code_set(dx, "dx"), self.dx_set)),
-                gelu(linear(self._code_set(px, "px"), self.px_set)),
-                gelu(linear(self._code_set(med, "med"), self.med_set)),
-            ],
-            axis=-1,
-        )  # [B, V, 3D]
-        distance = np.minimum(np.arange(n_visits)[::-1], self.config.max_visits - 1)
-        x = linear(visits, self.visit_proj) + self.slot_embed[distance]  # [B, V, D]
-        token = linear(self._code_set(profile, "profile"), self.profile_proj)[:, None, :]
-        x = np.concatenate([token, x], axis=1)  # [B, 1 + V, D]
         t = n_visits + 1
+        f1 = np.float32(1.0)
 
-        keep = np.concatenate([np.ones((b, 1), dtype=np.float32), mask], axis=1)
-        bias = ((np.float32(1.0) - keep) * np.float32(MASK_VALUE))[:, None, None, :]
-        scale = np.float32(1.0 / math.sqrt(hd))
-        for blk in self.blocks:
-            y = _layer_norm(x, *blk["ln1"])
-            qkv = linear(y, blk["qkv"]).reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, T, hd]
-            scores = np.matmul(q, k.transpose(0, 1, 3, 2)) * scale + bias
-            att = np.matmul(_softmax(scores), v).transpose(0, 2, 1, 3).reshape(b, t, d)
-            x = x + linear(att, blk["out"])
-            y = _layer_norm(x, *blk["ln2"])
-            x = x + linear(gelu(linear(y, blk["mlp0"])), blk["mlp2"])
-        x = _layer_norm(x, *self.ln_f)
+        # code sets: sums and counts of the product rows, then the masked means
+        sets = np.empty((b, n_visits, 3, d + 1), dtype=np.float32)  # sums | counts, per kind
+        for k, (table, ids) in enumerate(((self.t_dx, dx), (self.t_px, px), (self.t_med, med))):
+            np.add.reduce(table.take(ids, axis=0), axis=2, out=sets[:, :, k])
+        means = sets[..., :d] / np.maximum(sets[..., d:], f1)
+        visits = means.reshape(b, n_visits, 3 * d)
+        visits += self.set_bias
+        x = np.empty((b, t, d), dtype=np.float32)
+        np.matmul(_gelu(visits), self.w_visit, out=x[:, 1:])
+        x[:, 1:] += self._slot_rows(n_visits)
+        prof = np.add.reduce(self.t_profile.take(profile, axis=0), axis=1)  # [B, D + 1 (+ L)]
+        np.divide(prof[:, :d], np.maximum(prof[:, d : d + 1], f1), out=x[:, 0])
+        x[:, 0] += self.profile_bias
 
-        features = linear(np.concatenate([x[:, -1], x[:, 0]], axis=-1), self.feature)
-        logits = linear(gelu(linear(features, self.head0)), self.head3)
+        bias = np.zeros((b, 1, 1, t), dtype=np.float32)
+        np.multiply(mask - f1, np.float32(-MASK_VALUE), out=bias[:, 0, 0, 1:])
+        mean_vec = self.mean_vec
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            qkv = _normalize(x, mean_vec) @ blk["qkv"][0]
+            qkv += blk["qkv"][1]
+            qkv = qkv.reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
+            q = qkv[0]
+            if i == last:  # only the current visit and the profile token are read after it
+                q, x = q[:, :, [-1, 0]], x[:, [-1, 0]]
+            scores = np.matmul(q, qkv[1].transpose(0, 1, 3, 2))
+            scores += bias
+            att = np.matmul(_softmax(scores), qkv[2]).transpose(0, 2, 1, 3)
+            x += att.reshape(b, -1, d) @ blk["out"][0]
+            x += blk["out"][1]
+            hidden = _normalize(x, mean_vec) @ blk["mlp0"][0]
+            hidden += blk["mlp0"][1]
+            x += _gelu(hidden) @ blk["mlp2"][0]
+            x += blk["mlp2"][1]
+        features = _normalize(x, mean_vec).reshape(b, 2 * d) @ self.feature[0]
+        features += self.feature[1]
+        hidden = features @ self.head0[0]
+        hidden += self.head0[1]
+        logits = _gelu(hidden) @ self.head3[0]
+        logits += self.head3[1]
         if self.repeat_head:
-            logits = logits + self._repeat_logits(med, mask)
+            self._add_repeat(logits, med, mask)
         if self.wide:
-            logits = logits + self._wide_logits(dx, px, med, profile)
-        return logits.astype(np.float32, copy=False), features.astype(np.float32, copy=False)
+            o_px, o_med = self.wide_offsets
+            parts = [dx[:, -1], px[:, -1] + o_px]
+            if n_visits >= 2:
+                parts.append(med[:, -2] + o_med)
+            logits += np.add.reduce(
+                self.wide_codes.take(np.concatenate(parts, axis=1), axis=0), axis=1
+            )
+            logits += prof[:, d + 1 :]
+        return logits, features
 
-    def _repeat_logits(self, med: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        hot = self.med_to_label[med].max(axis=2)  # [B, V, L]
-        hist = np.concatenate([np.zeros_like(hot[:, :1]), hot[:, :-1]], axis=1)
-        n_hist = np.maximum(mask.sum(axis=1, keepdims=True) - np.float32(1.0), np.float32(1.0))
-        return self.repeat_last * hist[:, -1] + self.repeat_mean * hist.sum(axis=1) / n_hist
-
-    def _wide_sum(self, ids: np.ndarray, kind: str) -> np.ndarray:
-        """ids [B, N] -> sum of their wide rows [B, L] (pads, id 0, left out)."""
-        mask = (ids != PAD_ID).astype(np.float32)
-        rows = self.wide_weight[ids + self.offsets[kind]]  # [B, N, L]
-        return np.matmul(mask[:, None, :], rows)[:, 0, :]
-
-    def _wide_logits(self, dx, px, med, profile) -> np.ndarray:
-        """Linear logits over code ids: current dx and px, previous visit's drugs, profile."""
-        prev_med = med[:, -2] if med.shape[1] >= 2 else np.zeros_like(med[:, 0])
-        return (
-            self._wide_sum(dx[:, -1], "dx")
-            + self._wide_sum(px[:, -1], "px")
-            + self._wide_sum(prev_med, "med")
-            + self._wide_sum(profile, "profile")
-        )
+    def _add_repeat(self, logits: np.ndarray, med: np.ndarray, mask: np.ndarray) -> None:
+        """Per-drug weights times (in the previous visit, share of earlier visits), added."""
+        b, n_visits, _ = med.shape
+        if n_visits < 2:
+            return  # no earlier visit: both terms are zero
+        rows = self._hot_index.get((b, n_visits))
+        if rows is None:
+            rows = self._hot_index[(b, n_visits)] = (
+                np.arange(b)[:, None, None],
+                np.arange(n_visits - 1)[None, :, None],
+            )
+        hot = np.zeros((b, n_visits - 1, self.config.n_medications), dtype=np.float32)
+        hot[rows[0], rows[1], med[:, :-1]] = 1.0  # a drug given twice in a visit counts once
+        hot = hot[..., LABEL_OFFSET : LABEL_OFFSET + self.n_repeat]  # [B, V - 1, L']
+        n_hist = mask.sum(axis=1, keepdims=True)
+        n_hist -= np.float32(1.0)
+        np.maximum(n_hist, np.float32(1.0), out=n_hist)
+        rep = logits[:, : self.n_repeat]
+        rep += self.repeat_last * hot[:, -1]
+        rep += hot.sum(axis=1) * (self.repeat_mean / n_hist)

@@ -4,7 +4,8 @@ bundle of fold 0's student.
 The shipped student is fold 0's KD student: trained on the other folds' patients, so fold 0's
 held-out (validation and test) patients are truly held out for the int8-vs-fp32 parity check.
 Every fold's student is quantized too, so the `student_int8` row is measured the same way as the
-run's other models.
+run's other models. Each student is written as the compact graph of
+`export.medication.compact` (fp32 for the parity reference, int8 per the preset for the bundle).
 
 Export reads only the run folder (`distill.medication.export_inputs` lists what the run keeps
 for it) and never writes into it: its results go to ``<bundle>.export.json`` beside the bundle
@@ -97,10 +98,10 @@ def _read_report(run_dir: Path) -> dict:
 def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool = False) -> dict:
     """Export the run at `run_dir` to the bundle `out_dir`; returns the combined report (the
     run's report plus `student_int8`, `size_bytes` and `export`)."""
-    from export.medication.graph import export_student
+    from export.medication.compact import export_compact
     from export.medication.parity import parity_report
     from export.medication.weights import save_numpy_weights
-    from export.quantize import PRESETS, quantize
+    from export.quantize import PRESETS
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report = _read_report(run_dir)
@@ -124,8 +125,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             threshold = float(chosen["student_kd"])
             held = read_heldout(fdir)
             fp32, int8 = tmp / f"fold{fold}.fp32.onnx", tmp / f"fold{fold}.int8.onnx"
-            info = export_student(model, scfg, fp32)
-            qinfo = quantize(fp32, int8, PRESETS[preset])
+            info, qinfo = export_compact(model, scfg, fp32, int8, PRESETS[preset])
             test = held.test
             probs = _ort_probs(int8, test)
             per_fold.append(ev.medication_scores(test["y"], probs, probs >= threshold, ddi_idx))

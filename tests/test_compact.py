@@ -1,0 +1,183 @@
+"""The compact student graph (export.medication.compact): the same function as the torch
+student in a third of the nodes, fp32 and int8, for every shape of student; and the numpy
+backend, which computes the same compact form, agreeing with it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from app.medication.backends import NumpyBackend, OrtBackend  # noqa: E402
+from contract.layout import INPUT_NAMES  # noqa: E402
+from distill.medication.student import LeaderStudent, StudentConfig  # noqa: E402
+from export.medication.compact import build_graph, export_compact, state_of  # noqa: E402
+from export.medication.graph import check_graph, example_inputs, export_student  # noqa: E402
+from export.medication.parity import parity_report  # noqa: E402
+from export.medication.weights import save_numpy_weights  # noqa: E402
+from export.parity import check_integer_ops  # noqa: E402
+from export.quantize import PRESETS  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZES = dict(n_diagnoses=300, n_procedures=80, n_medications=40, n_profile=12, n_labels=38)
+# (dim, heads, layers, repeat head, wide path, max_visits): the default shape, a deeper one,
+# one with odd sizes, more labels than drugs and one learned slot, and the oldest form
+SHAPES = [
+    (32, 4, 1, True, True, 10),
+    (16, 2, 2, True, False, 4),
+    (24, 3, 1, True, True, 1),
+    (8, 1, 1, False, False, 3),
+]
+
+
+def model_of(dim, heads, layers, repeat, wide, max_visits, seed=0, **sizes):
+    cfg = StudentConfig(
+        **{**SIZES, **sizes}, dim=dim, heads=heads, visit_layers=layers, repeat_head=repeat,
+        wide=wide, max_visits=max_visits, teacher_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LeaderStudent(cfg).eval()
+    with torch.no_grad():  # random everywhere, wide and repeat weights too (they start at 0)
+        for name, p in model.named_parameters():
+            scale = 1.0 if name.startswith(("repeat_", "wide")) else 0.2
+            p.add_(torch.randn_like(p) * scale)
+    return model, cfg
+
+
+def feeds_of(cfg, batch, visits, seed, codes=None) -> dict[str, np.ndarray]:
+    args = example_inputs(cfg, batch, visits, seed=seed, codes=codes)
+    return {n: a.numpy() for n, a in zip(INPUT_NAMES, args, strict=True)}
+
+
+def session(model_or_path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = (
+        model_or_path.SerializeToString() if hasattr(model_or_path, "graph") else str(model_or_path)
+    )
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def torch_outputs(model, feeds):
+    with torch.no_grad():
+        logits, features = model(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+    return logits.numpy(), features.numpy()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+def test_fp32_graph_is_the_torch_student(shape):
+    model, cfg = model_of(*shape)
+    graph = build_graph(state_of(model), cfg)
+    check_graph(graph)  # names, order and every axis symbolic
+    sess = session(graph)
+    # one visit, a few, more visits than max_visits; duplicate drug ids in a visit (the
+    # repeat head takes a max, not a sum)
+    cases = [(1, 1, 0, None), (3, 4, 1, None), (2, cfg.max_visits + 3, 2, (9, 2, 5, 3))]
+    for batch, visits, seed, codes in cases:
+        feeds = feeds_of(cfg, batch, visits, seed, codes)
+        if visits >= 2:
+            feeds["med"][0, -2, :2] = 7
+        want_logits, want_features = torch_outputs(model, feeds)
+        logits, features = sess.run(["logits", "features"], feeds)
+        np.testing.assert_allclose(logits, want_logits, rtol=0, atol=2e-5)
+        np.testing.assert_allclose(features, want_features, rtol=0, atol=2e-5)
+
+
+def test_more_labels_than_drugs_and_config_as_a_dict():
+    model, cfg = model_of(16, 2, 1, True, True, 5, n_medications=6, n_labels=9)
+    graph = build_graph(state_of(model), cfg.to_dict())
+    feeds = feeds_of(cfg, 3, 4, 5)
+    np.testing.assert_allclose(
+        session(graph).run(["logits"], feeds)[0], torch_outputs(model, feeds)[0], atol=2e-5
+    )
+
+
+def test_the_compact_graph_has_a_third_of_the_nodes(tmp_path):
+    model, cfg = model_of(*SHAPES[0])
+    traced = tmp_path / "traced.onnx"
+    export_student(model, cfg, traced)
+    compact = build_graph(state_of(model), cfg)
+    assert len(compact.graph.node) * 2.5 < len(onnx.load(str(traced)).graph.node)
+    # the dense products, gathers and attention are one node each
+    ops = [n.op_type for n in compact.graph.node]
+    assert ops.count("Attention") == cfg.visit_layers
+    assert "Erf" not in ops and "Softmax" not in ops
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_int8_graph_passes_the_parity_gates(tmp_path, preset):
+    model, cfg = model_of(*SHAPES[0], seed=3)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    info, record = export_compact(model, cfg, fp32, int8, preset)
+    feeds = feeds_of(cfg, 96, 5, 7)
+    y = (np.random.default_rng(0).random((96, cfg.n_labels)) < 0.15).astype(np.float32)
+    report = parity_report(model, fp32, int8, feeds, y, threshold=0.5)
+    assert report["passed"]
+    assert report["torch_vs_onnx"]["max_abs_diff"]["logits"] < 1e-4
+    ints = check_integer_ops(int8)
+    assert ints["float_weight_matmuls"] == 0 and ints["integer_product_ops"] >= 4
+    # 8-bit weights of the preset's type; the file is a fraction of the fp32 one
+    kinds = {t.data_type for t in onnx.load(str(int8)).graph.initializer}
+    want = (
+        onnx.TensorProto.UINT8 if PRESETS[preset].weight_type == "uint8" else onnx.TensorProto.INT8
+    )
+    assert want in kinds
+    assert record["output"]["bytes"] < 0.4 * record["source"]["bytes"]
+    assert record["name"] == preset and record["graph"] == "compact"
+    meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert json.loads(meta["pocketrec.quantization"])["name"] == preset
+    assert info["student_config"] == cfg.to_dict()
+
+
+def test_int8_count_and_repeat_tables_stay_exact():
+    """Counts (the masked means' denominators) and the repeat head's 0/1 table are integers:
+    8-bit storage must not round them."""
+    model, cfg = model_of(*SHAPES[0], seed=4)
+    graph = build_graph(state_of(model), cfg, PRESETS["avx512_vnni"])
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    for kind in ("dx", "px", "med"):
+        q, s = inits[f"{kind}_table_q8"], inits["set_scale"]
+        assert np.all(q[1:, -1] == 1) and np.all(s[:, -1] == 1.0)
+    hot = inits["med_to_label_u8"]
+    assert hot.dtype == np.uint8 and set(np.unique(hot)) <= {0, 1}
+
+
+def test_numpy_backend_agrees_with_the_compact_graphs(tmp_path):
+    model, cfg = model_of(*SHAPES[0], seed=5)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_compact(model, cfg, fp32, int8, "avx2")
+    save_numpy_weights(model, cfg, tmp_path / "w.npz")
+    engine = NumpyBackend(tmp_path / "w.npz", cfg.to_dict())
+    ort32, ort8 = OrtBackend(fp32), OrtBackend(int8)
+    for batch, visits, seed in ((1, 1, 0), (1, 3, 1), (4, 6, 2), (2, cfg.max_visits + 2, 3)):
+        feeds = feeds_of(cfg, batch, visits, seed)
+        got = engine.run(feeds)
+        np.testing.assert_allclose(got, ort32.run(feeds), rtol=0, atol=2e-5)
+        # int8: the ranking holds (the parity gate's measure), the values move a little
+        q = ort8.run(feeds)
+        assert np.abs(q - got).max() < 0.5
+        top = np.argsort(-got, axis=1)[:, :10]
+        top8 = np.argsort(-q, axis=1)[:, :10]
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, top8, strict=True)])
+        assert overlap >= 0.9
+
+
+def test_numpy_gelu_is_exact_to_float32():
+    import math
+
+    from app.medication.backends import _gelu
+
+    for n in (7, 500):  # both code paths (np.interp for small arrays, the table lookup above)
+        x = np.random.default_rng(n).normal(0, 4, n).astype(np.float32)
+        x[:5] = (-1e30, -30.0, 0.0, 30.0, 1e30)
+        want = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(float)])
+        got = _gelu(x)
+        assert got.dtype == np.float32
+        assert np.all(np.abs(got - want) <= 1e-6 * np.maximum(1.0, np.abs(want)))
