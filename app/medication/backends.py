@@ -237,6 +237,16 @@ class NumpyBackend:
         self.config = cfg
         self.repeat_head = bool(repeat)
         self.wide = wide
+        # how the wide path reads the current codes (StudentConfig.wide_codes): "sum" of their
+        # rows, or "mean" times wide_codes_scale; known from a config mapping that states it
+        stated = student_config if isinstance(student_config, Mapping) else {}
+        if stated.get("wide_codes", "sum") not in ("sum", "mean"):
+            raise BundleError(f"student_config.wide_codes {stated['wide_codes']!r} is unknown")
+        self.wide_mean = (
+            float(stated.get("wide_codes_scale", 1.0))
+            if stated.get("wide_codes") == "mean"
+            else 0.0
+        )
         f32 = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in raw.items()}
         self._prepare(f32)
 
@@ -427,11 +437,17 @@ class NumpyBackend:
         if self.wide:
             o_px, o_med = self.wide_offsets
             parts = [dx[:, -1], px[:, -1] + o_px]
+            if self.wide_mean:  # the current codes' rows averaged (counts: the sets' column d)
+                codes = self.wide_codes.take(np.concatenate(parts, axis=1), axis=0).sum(axis=1)
+                n_cur = np.maximum(sets[:, -1, 0, d] + sets[:, -1, 1, d], f1)
+                logits += codes * (np.float32(self.wide_mean) / n_cur)[:, None]
+                parts = []
             if n_visits >= 2:
                 parts.append(med[:, -2] + o_med)
-            logits += np.add.reduce(
-                self.wide_codes.take(np.concatenate(parts, axis=1), axis=0), axis=1
-            )
+            if parts:
+                logits += np.add.reduce(
+                    self.wide_codes.take(np.concatenate(parts, axis=1), axis=0), axis=1
+                )
             logits += prof[:, d + 1 :]
         return logits, features
 

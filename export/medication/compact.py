@@ -148,6 +148,11 @@ def build_graph(
     s = {k: np.asarray(v, np.float64) for k, v in state.items()}
     tables = compact_tables(s, config)
     wide = "wide_dx" in tables
+    wide_codes = _cfg(config, "wide_codes", "sum")
+    if wide_codes not in ("sum", "mean"):
+        raise ValueError(f"wide_codes must be 'sum' or 'mean'; got {wide_codes!r}")
+    # "mean": the current visit's wide rows are averaged, times this scale
+    wide_mean = float(_cfg(config, "wide_codes_scale", 1.0)) if wide_codes == "mean" else 0.0
     repeat = "med_to_label" in tables
 
     g = GraphBuilder()
@@ -358,6 +363,27 @@ def build_graph(
             )
             name, _ = wq.table(f"wide_{kind}_table", tables[f"wide_{kind}"], wide_scale)
             terms.append(wq.gather_sum(f"wide_{kind}", name, cur, axes12, keepdims=0))
+        if wide_mean:  # the current codes' rows averaged, times a fixed scale
+            n_cur = g.op(
+                "Slice",
+                [
+                    count,  # [B, V, 3, 1]: the code counts of every visit and kind
+                    g.const("cur_start", [-1, 0], np.int64),
+                    g.const("cur_end", [INT64_MAX, 2], np.int64),
+                    g.const("axes_12", [1, 2], np.int64),
+                ],
+                "current_counts",
+            )  # [B, 1, 2, 1]: the current visit's diagnoses and procedures
+            n_cur = g.op(
+                "ReduceSum", [n_cur, g.const("axes_23", [2, 3], np.int64)], "n_current", keepdims=0
+            )
+            factor = g.op(
+                "Div",
+                [g.const("wide_codes_scale", wide_mean, f32), g.op("Max", [n_cur, one], "n_cur_c")],
+                "wide_codes_factor",
+            )  # [B, 1]
+            codes = g.op("Add", [terms.pop(-3), terms.pop(-2)], "wide_codes_sum")
+            terms.insert(-1, g.op("Mul", [codes, factor], "wide_codes_mean"))
         terms.append(parts[2])
     if q8 and wide:
         total = g.op("Sum", terms, "logits_in_wide_units")
