@@ -304,3 +304,52 @@ def test_wide_student_keeps_padding_invariance_and_old_configs_load():
     old = {k: v for k, v in cfg.to_dict().items() if k != "wide"}
     assert StudentConfig.from_dict(old).wide is False
     assert "wide.weight" not in LeaderStudent(StudentConfig.from_dict(old)).state_dict()
+
+
+def test_mean_wide_path_averages_the_current_codes_times_its_scale():
+    """wide_codes="mean": the current visit's dx/px rows are averaged and multiplied by
+    wide_codes_scale; the previous visit's drugs and the profile are still summed. One code
+    entered alone then moves the scores `scale` times as much as under "sum"."""
+    cfg = StudentConfig(**{**SMALL.to_dict(), "wide_codes": "mean", "wide_codes_scale": 7.5})
+    torch.manual_seed(11)
+    model = _random_wide(LeaderStudent(cfg), seed=12).eval()
+    dx, px, med, mask, profile = random_inputs(cfg, b=3, v=4, seed=13)
+    w = model.wide.weight.detach()
+    want = torch.zeros(3, cfg.n_labels)
+    for i in range(3):
+        codes = [int(t) + model.dx_offset for t in dx[i, -1] if t != 0]
+        codes += [int(t) + model.px_offset for t in px[i, -1] if t != 0]
+        want[i] = 7.5 * w[codes].mean(0)
+        for ids, off in ((med[i, -2], model.med_offset), (profile[i], model.profile_offset)):
+            for t in ids[ids != 0]:
+                want[i] += w[int(t) + off]
+    torch.testing.assert_close(model._wide_logits(dx, px, med, profile), want)
+    # a visit with no current codes at all reads zero from them (no division by zero)
+    empty = model._wide_logits(dx * 0, px * 0, med, profile)
+    assert torch.isfinite(empty).all()
+    # one diagnosis alone: scale x its row, against its row alone under "sum"
+    summed = LeaderStudent(StudentConfig(**{**cfg.to_dict(), "wide_codes": "sum"}))
+    summed.load_state_dict(model.state_dict())
+    one = torch.zeros_like(dx)
+    one[:, -1, 0] = dx[:, -1, 0]
+    none = torch.zeros_like(px)
+    diff_mean = model._wide_logits(one, none, med, profile) - model._wide_logits(
+        one * 0, none, med, profile
+    )
+    diff_sum = summed._wide_logits(one, none, med, profile) - summed._wide_logits(
+        one * 0, none, med, profile
+    )
+    torch.testing.assert_close(diff_mean, 7.5 * diff_sum)
+
+
+def test_mean_wide_config_is_validated_and_old_configs_read_as_sum():
+    with pytest.raises(ValueError, match="wide_codes must be"):
+        StudentConfig(**{**SMALL.to_dict(), "wide_codes": "max"})
+    for bad in (0.0, -1.0, True, "2"):
+        with pytest.raises(ValueError, match="wide_codes_scale"):
+            StudentConfig(**{**SMALL.to_dict(), "wide_codes_scale": bad})
+    old = {k: v for k, v in SMALL.to_dict().items() if not k.startswith("wide_codes")}
+    cfg = StudentConfig.from_dict(old)
+    assert cfg.wide_codes == "sum" and cfg.wide_codes_scale == 1.0
+    mean = StudentConfig(**{**SMALL.to_dict(), "wide_codes": "mean", "wide_codes_scale": 3.0})
+    assert StudentConfig.from_dict(mean.to_dict()) == mean

@@ -15,6 +15,8 @@ from distill.medication.train import (
     DistillConfig,
     _label_ids,
     _optimizer,
+    codes_per_visit,
+    count_lift_table,
     fit_selected,
     init_student,
     inner_fold_of,
@@ -87,6 +89,11 @@ def test_distill_config_validation():
     cfg = DistillConfig()
     assert cfg.uses_teacher and cfg.to_dict()["alpha"] == 0.3
     assert cfg.prior_init and cfg.copy_init == 3.0 and cfg.fast_lr_multiplier == 10.0
+    assert cfg.repeat_mean_init == 2.5 and cfg.wide_init == "counts" and cfg.wide_l2 == 1e-4
+    with pytest.raises(ValueError, match="wide_init"):
+        DistillConfig(wide_init="random")
+    with pytest.raises(ValueError, match="wide_init_alpha"):
+        DistillConfig(wide_init_alpha=0.0)
     assert not DistillConfig(alpha=0.0, beta=0.5).uses_teacher
     with pytest.raises(ValueError, match="alpha and beta"):
         DistillConfig(alpha=-0.1)
@@ -121,9 +128,13 @@ def test_train_without_teacher(data):
 
 def test_student_learns_the_synthetic_rule(data):
     train, val = data
-    res = train_student(train, val, SCFG, _cfg(max_epochs=15))
+    old = {"wide_init": "zero", "repeat_mean_init": 0.0, "wide_l2": 1e-5}  # the old defaults
+    res = train_student(train, val, SCFG, _cfg(max_epochs=15, **old))
     assert res.best_val_prauc > res.history[0]["val_prauc"] + 0.2
     assert res.history[-1]["bce"] < res.history[0]["bce"]
+    # started from the training counts, the first epoch already knows most of the rule
+    counted = train_student(train, val, SCFG, _cfg(max_epochs=1, wide_init="counts"))
+    assert counted.history[0]["val_prauc"] > res.history[0]["val_prauc"] + 0.1
 
 
 def test_alpha_without_teacher_raises(data):
@@ -235,7 +246,7 @@ def test_a_strong_copy_init_reproduces_previous_visit(data):
     train, val = data
     torch.manual_seed(0)
     model = LeaderStudent(SCFG).eval()
-    init_student(model, train["y"], _cfg(prior_init=True, copy_init=20.0))
+    init_student(model, train["y"], _cfg(prior_init=True, copy_init=20.0, repeat_mean_init=0.0))
     with torch.no_grad():
         logits, _ = model(*(torch.from_numpy(val[n]) for n in INPUT_NAMES))
     logits = logits.numpy().astype(np.float64)
@@ -305,3 +316,51 @@ def test_select_by_inner_cv_then_refit(data):
     assert prauc(train["y"], sel.oof_scores) == pytest.approx(max(sel.curve))
     assert len(res.history) == sel.epochs and not res.model.training
     assert sel.to_dict()["epochs"] == sel.epochs
+
+
+def test_count_lift_table_is_each_codes_smoothed_log_odds_lift(data):
+    """Label j is on exactly when diagnosis 2 + j is in the current visit: that diagnosis's
+    row lifts label j well above the other labels; rows of ids never read stay zero; the
+    current visit's codes are scaled by one over their mean count per sample."""
+    train, _ = data
+    model = LeaderStudent(SCFG)
+    table = count_lift_table(train, model, alpha=2.0)
+    assert table.shape == tuple(model.wide.weight.shape) and table.dtype == np.float32
+    for j in range(N_LABELS):
+        row = table[model.dx_offset + 2 + j]
+        assert row[j] > 0 and row[j] == row.max()
+    # by hand for one code: samples holding diagnosis 2 in the current visit
+    y = train["y"].astype(np.float64)
+    freq = (y.sum(0) + 0.5) / (len(y) + 1.0)
+    has = (train["dx"][:, -1] == 2).any(1)
+    p = (y[has].sum(0) + 2.0 * freq) / (has.sum() + 2.0)
+    lift = np.log(p / (1 - p)) - np.log(freq / (1 - freq))
+    np.testing.assert_allclose(table[model.dx_offset + 2], lift / codes_per_visit(train), rtol=1e-5)
+    for offset in (model.dx_offset, model.px_offset, model.med_offset, model.profile_offset):
+        assert not table[offset].any()  # pad rows
+    assert not table[model.dx_offset + 1].any()  # <unk>: never in these visits
+    # a "mean" path: its own scale stands in for the count
+    mean_cfg = StudentConfig(**{**SCFG.to_dict(), "wide_codes": "mean", "wide_codes_scale": 2.0})
+    mean_table = count_lift_table(train, LeaderStudent(mean_cfg), alpha=2.0)
+    np.testing.assert_allclose(mean_table[model.dx_offset + 2], lift / 2.0, rtol=1e-5)
+
+
+def test_codes_per_visit_counts_distinct_current_codes():
+    arrays = {
+        "dx": np.array([[[0, 0], [3, 3]], [[4, 0], [5, 0]]]),
+        "px": np.array([[[0], [2]], [[0], [0]]]),
+    }
+    assert codes_per_visit(arrays) == pytest.approx((2 + 1) / 2)  # {3, 2} and {5}
+
+
+def test_count_init_and_earlier_visit_repeat_are_applied(data):
+    train, _ = data
+    model = LeaderStudent(SCFG)
+    init_student(model, train["y"], _cfg(wide_init="counts", repeat_mean_init=1.5), train)
+    np.testing.assert_allclose(
+        model.wide.weight.detach().numpy(), count_lift_table(train, model, 2.0), rtol=1e-6
+    )
+    assert (model.repeat_mean.detach() == 1.5).all() and (model.repeat_last.detach() == 3.0).all()
+    zero = LeaderStudent(SCFG)
+    init_student(zero, train["y"], _cfg(wide_init="zero"), train)
+    assert not zero.wide.weight.detach().any()

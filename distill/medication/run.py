@@ -32,8 +32,14 @@ from distill.medication import teacher as tch
 from distill.medication.export_inputs import write_bundle_inputs, write_heldout
 from distill.medication.prompts import build_prompt, prompt_hash, tokenizer_counter
 from distill.medication.student import StudentConfig, save_student
-from distill.medication.train import DistillConfig, fit_selected, predict, train_student
-from distill.runs import StageClock, environment, prepare_out, write_config
+from distill.medication.train import (
+    DistillConfig,
+    codes_per_visit,
+    fit_selected,
+    predict,
+    train_student,
+)
+from distill.runs import Progress, StageClock, environment, prepare_out, write_config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,10 @@ class RunConfig:
     distill: DistillConfig
     student_dim: int = 32  # 32 x 1 layer = 64 x 2 layers on inner-CV validation, half the bundle
     student_layers: int = 1
+    # the wide path over the current visit's codes: "mean" (times the cohort's mean number of
+    # codes per visit; equal to "sum" on inner-CV validation, and a visit entered with one code
+    # moves the scores as a typical visit's codes do) or "sum" (bundles made before it)
+    student_wide_codes: str = "mean"
     prompt_max_items: int | None = 4  # per past-visit list, so history fits the teacher window
     online_kd: bool = False  # True: the live teacher gives features batch by batch (no cache)
     # students are trained once per seed (the teacher once per fold); the report gives the
@@ -57,7 +67,7 @@ class RunConfig:
     # on the validation patients, as LEADER does)
     selection: str = "inner_cv"
     inner_folds: int = 4
-    inner_max_epochs: int = 12
+    inner_max_epochs: int = 20
     # reuse teacher features instead of training a teacher: a .safetensors file (frozen,
     # label-free features of every sample, for all folds), or an earlier run with the same data
     # and prompts (its features.safetensors if it has one, else fold<k>/features.safetensors)
@@ -79,6 +89,7 @@ class RunConfig:
             "distill": self.distill.to_dict(),
             "student_dim": self.student_dim,
             "student_layers": self.student_layers,
+            "student_wide_codes": self.student_wide_codes,
             "prompt_max_items": self.prompt_max_items,
             "online_kd": self.online_kd,
             "seeds": list(self.seeds),
@@ -108,12 +119,13 @@ def _subset(arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndar
 
 def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     t_start = time.perf_counter()
-    clock = StageClock()
+    progress = _plan(cfg)
+    clock = StageClock(progress)
     out = Path(out)
     prepare_out(out, force)
     write_config(out, cfg.to_dict())
 
-    with clock("data"):
+    with clock("data", step="data"):
         d = cfg.data
         cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
         samples = build_samples(cohort, d.protocol, d.require_procedures)
@@ -138,7 +150,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         f"{len(labels)} drug classes, {d.folds} folds"
     )
 
-    with clock("prompts"):
+    with clock("prompts", step="prompts"):
         tokenizer = load_tokenizer(cfg.teacher)
         count = tokenizer_counter(tokenizer)
         texts = [
@@ -172,7 +184,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     if features_from is None and getattr(cfg.teacher, "frozen", False):
         # a frozen teacher's features are label-free: extracted ONCE for all folds (no
         # labels involved), then every fold reads them as it would reused features
-        with clock("teacher_features"):
+        with clock("teacher_features", step="teacher features (frozen, all folds)"):
             encoder = features.FrozenEncoder.from_config(cfg.teacher)
             features_from = features.extract_features(
                 encoder,
@@ -203,7 +215,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             if "teacher" not in params:
                 params["teacher"] = _reused_teacher_params(features_from)
         else:
-            with clock("teacher_train"):
+            with clock("teacher_train", step=f"fold {fold + 1}/{d.folds} teacher"):
                 model = tch.train_teacher(
                     [texts[i] for i in tr],
                     y[tr],
@@ -231,6 +243,8 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             visit_layers=cfg.student_layers,
             teacher_dim=feats.shape[1],
             max_visits=cfg.tensors.max_visits,
+            wide_codes=cfg.student_wide_codes,
+            wide_codes_scale=round(codes_per_visit(arrays), 4),  # codes only: label-free
         )
         # the students' training samples: training patients, or training + validation
         # patients when an inner k-fold chooses the epochs (then refit on all of them)
@@ -250,9 +264,17 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             with clock("teacher_probe"):
                 probs = linear_probe(feats, y, tr, va)
         fold_runs, fold_samples = [], []
-        for seed in cfg.seeds:
+        step = f"fold {fold + 1}/{d.folds} students"
+        progress.start(step, f"{len(cfg.seeds)} seeds x KD and no-KD")
+        n_seeds = len(cfg.seeds)
+        for s_i, seed in enumerate(cfg.seeds):
+
+            def report(name, share, detail, s_i=s_i, seed=seed, step=step, n=n_seeds):
+                part = (s_i + (0.5 if name == "student_nokd" else 0.0) + 0.5 * share) / n
+                progress.update(step, part, f"seed {seed} {name} {detail}")
+
             kd, nokd, thresholds, selected = _fit_students(
-                cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock
+                cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock, report
             )
             if seed == cfg.seeds[0]:
                 save_student(kd.model, scfg, fdir / "student_kd.safetensors")
@@ -283,6 +305,10 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
                 f"fold {fold + 1} seed {seed}: jaccard "
                 + ", ".join(f"{m} {metrics[m]['jaccard']:.3f}" for m in ev.MODELS)
             )
+        progress.done(step, "jaccard " + ", ".join(
+            f"{m} {_mean_over_seeds([r for r, _ in fold_runs])[m]['jaccard']:.3f}"
+            for m in ("student_kd", "previous_visit")
+        ))  # fmt: skip
         fold_means.append(_mean_over_seeds([m for m, _ in fold_runs]))
         sample_metrics.append(_mean_over_seeds(fold_samples))
         sample_patients.append(pids[te])
@@ -338,8 +364,25 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     return report
 
 
-def _fit_students(cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock):
-    """The KD and no-KD students of one seed: -> (kd, nokd, thresholds or None, choices)."""
+def _plan(cfg: RunConfig) -> Progress:
+    """The run's steps with their expected shares of the time (seconds measured on the 2-core
+    machine: frozen SmolLM2 features for the demo's 250 prompts about 4 min, LoRA about 14 min
+    per fold and epoch, the students about 20 s per seed and fold)."""
+    frozen = getattr(cfg.teacher, "frozen", False) and cfg.features_from is None
+    lora = not frozen and cfg.features_from is None
+    steps = [("data", 5.0), ("prompts", 10.0)]
+    if frozen:
+        steps.append(("teacher features (frozen, all folds)", 240.0))
+    for fold in range(cfg.data.folds):
+        if lora:
+            steps.append((f"fold {fold + 1}/{cfg.data.folds} teacher", 300.0 * cfg.teacher.epochs))
+        steps.append((f"fold {fold + 1}/{cfg.data.folds} students", 20.0 * len(cfg.seeds)))
+    return Progress(steps)
+
+
+def _fit_students(cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock, report=None):
+    """The KD and no-KD students of one seed: -> (kd, nokd, thresholds or None, choices).
+    `report(name, share, detail)`: progress of each student's training."""
     kd_cfg = replace(cfg.distill, seed=seed)
     nokd_cfg = replace(kd_cfg, alpha=0.0, beta=0.0)
     fit = _subset(arrays, fit_idx)
@@ -351,10 +394,19 @@ def _fit_students(cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, cl
             nokd = train_student(fit, val_a, scfg, nokd_cfg)
         return kd, nokd, None, {}
     kw = {"k": cfg.inner_folds, "max_epochs": cfg.inner_max_epochs}
+
+    def on(name):
+        return (lambda share, detail: report(name, share, detail)) if report else None
+
     with clock("student_kd"):
-        kd, kd_sel = fit_selected(fit, pids[fit_idx], scfg, kd_cfg, teacher=teacher_source, **kw)
+        kd, kd_sel = fit_selected(
+            fit, pids[fit_idx], scfg, kd_cfg, teacher=teacher_source, progress=on("student_kd"),
+            **kw,
+        )  # fmt: skip
     with clock("student_nokd"):
-        nokd, nokd_sel = fit_selected(fit, pids[fit_idx], scfg, nokd_cfg, **kw)
+        nokd, nokd_sel = fit_selected(
+            fit, pids[fit_idx], scfg, nokd_cfg, progress=on("student_nokd"), **kw
+        )
     thresholds = {"student_kd": kd_sel.threshold, "student_nokd": nokd_sel.threshold}
     selected = {
         "student_kd_inner_cv": kd_sel.to_dict(),

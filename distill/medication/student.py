@@ -23,7 +23,8 @@ Model:
 6. with `repeat_head`, per-drug weights on "given at the previous visit" and "share of earlier
    visits" are added to the logits (a learned previous_visit rule); with `wide`, a per-(code, drug)
    table summed over the current diagnoses and procedures, the previous visit's drugs and the
-   profile (a logistic model over code ids, which is what ~100 patients can support).
+   profile (a logistic model over code ids, which is what ~100 patients can support); with
+   `wide_codes="mean"` the current visit's code rows are averaged (times a fixed scale).
 
 `profile_embedding` and `medication_set_embedding` give the two sides of LEADER's profile
 alignment (an InfoNCE loss defined elsewhere).
@@ -67,6 +68,12 @@ class StudentConfig:
     # (Gather + mask + ReduceSum). With ~100 patients a linear model over code ids is what the
     # data can support; the deep path adds what it can on top. Zero-initialised.
     wide: bool = True
+    # how the wide path reads the current visit's diagnoses and procedures: "sum" of their rows,
+    # or "mean" of them times `wide_codes_scale` (set to the training visits' mean number of
+    # codes, so a typical visit reads as with "sum", while a visit entered with one or two codes
+    # moves the scores as much as a typical visit's codes do together, instead of a tenth)
+    wide_codes: str = "sum"
+    wide_codes_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("n_diagnoses", "n_procedures", "n_medications", "n_profile"):
@@ -77,6 +84,11 @@ class StudentConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if isinstance(self.dropout, bool) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+        if self.wide_codes not in ("sum", "mean"):
+            raise ValueError(f"wide_codes must be 'sum' or 'mean'; got {self.wide_codes!r}")
+        scale = self.wide_codes_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError(f"wide_codes_scale must be a number > 0; got {scale!r}")
 
     @classmethod
     def from_vocabs(cls, vocabs, **kwargs) -> StudentConfig:
@@ -229,9 +241,14 @@ class LeaderStudent(nn.Module):
         """Linear logits over code ids: current dx and px, previous visit's drugs, profile."""
         # shift by one slot so that slot V-1 holds the previous visit for any V >= 1
         prev_med = torch.cat([torch.zeros_like(med[:, :1]), med[:, :-1]], dim=1)[:, -1]
+        codes = self._wide_sum(dx[:, -1], self.dx_offset)
+        codes = codes + self._wide_sum(px[:, -1], self.px_offset)
+        if self.config.wide_codes == "mean":
+            dtype = self.wide.weight.dtype
+            n = (dx[:, -1] != 0).to(dtype).sum(1) + (px[:, -1] != 0).to(dtype).sum(1)
+            codes = codes * (self.config.wide_codes_scale / n.clamp(min=1.0)).unsqueeze(-1)
         return (
-            self._wide_sum(dx[:, -1], self.dx_offset)
-            + self._wide_sum(px[:, -1], self.px_offset)
+            codes
             + self._wide_sum(prev_med, self.med_offset)
             + self._wide_sum(profile, self.profile_offset)
         )

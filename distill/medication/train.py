@@ -45,11 +45,21 @@ class DistillConfig:
     # 0 cannot reach the logit scale (1-3) it needs before early stopping fires
     fast_lr_multiplier: float = 10.0
     fast_weight_decay: float | None = None  # AdamW decay of those parameters (None: weight_decay)
-    wide_l2: float = 1e-5  # L2 penalty (sum of squares) on the wide table, added to the loss
+    wide_l2: float = 1e-4  # L2 penalty (sum of squares) on the wide table, added to the loss
     # initial value of the repeat head's "given at the previous visit" weight (logits). > 0 starts
     # the student AT the previous_visit rule (prior + copy; the deep head's output layer then
     # starts at zero), so that an early-stopped student is the rule plus corrections
     copy_init: float = 3.0
+    # initial value of the repeat head's "share of earlier visits" weight (logits): the rule
+    # "prior + previous visit + a little for any earlier visit" beats plain previous_visit
+    repeat_mean_init: float = 2.5
+    # how the wide table starts: "zero", or "counts": each code's smoothed log-odds lift over
+    # the training drugs, log(P(drug | code) / (1 - ...)) - log-odds(drug), P shrunk towards the
+    # drug's frequency by `wide_init_alpha` pseudo-visits, each kind scaled by one over its mean
+    # number of ids per sample (so a visit's rows add up to about one average lift). A naive-
+    # Bayes start: what ~200 samples say about each code, before any gradient step
+    wide_init: str = "counts"
+    wide_init_alpha: float = 2.0
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
@@ -62,6 +72,10 @@ class DistillConfig:
             raise ValueError(f"fast_lr_multiplier must be > 0, got {self.fast_lr_multiplier}")
         if self.wide_l2 < 0 or (self.fast_weight_decay is not None and self.fast_weight_decay < 0):
             raise ValueError("wide_l2 and fast_weight_decay must be >= 0")
+        if self.wide_init not in ("zero", "counts"):
+            raise ValueError(f"wide_init must be 'zero' or 'counts', got {self.wide_init!r}")
+        if not self.wide_init_alpha > 0:
+            raise ValueError(f"wide_init_alpha must be > 0, got {self.wide_init_alpha}")
 
     @property
     def uses_teacher(self) -> bool:
@@ -129,7 +143,7 @@ def train_student(
         if cfg.uses_teacher
         else None
     )
-    init_student(model, train["y"], cfg)
+    init_student(model, train["y"], cfg, train)
     opt = _optimizer(model, projector, cfg)
 
     mean = std = None
@@ -206,15 +220,92 @@ FAST_PARAMETERS = frozenset({"repeat_last", "repeat_mean", "wide.weight", "head.
 
 
 @torch.no_grad()
-def init_student(model: LeaderStudent, y_train: np.ndarray, cfg: DistillConfig) -> None:
-    """`prior_init`: output bias = training log-odds; `copy_init`: repeat weight and zero head."""
+def init_student(
+    model: LeaderStudent,
+    y_train: np.ndarray,
+    cfg: DistillConfig,
+    train: dict[str, np.ndarray] | None = None,
+) -> None:
+    """`prior_init`: output bias = training log-odds; `copy_init` / `repeat_mean_init`: the
+    repeat weights, with the deep head's output zeroed; `wide_init="counts"`: the wide table
+    from `count_lift_table` over `train` (the training arrays)."""
     out = model.head[-1]
     if cfg.prior_init and len(y_train):
         freq = (np.asarray(y_train, np.float64).sum(0) + 0.5) / (len(y_train) + 1.0)
         out.bias.copy_(torch.from_numpy(np.log(freq / (1.0 - freq))).to(out.bias.dtype))
-    if cfg.copy_init and model.config.repeat_head:
+    if (cfg.copy_init or cfg.repeat_mean_init) and model.config.repeat_head:
         model.repeat_last.fill_(cfg.copy_init)
-        out.weight.zero_()  # the untrained student is exactly prior + copy
+        model.repeat_mean.fill_(cfg.repeat_mean_init)
+        out.weight.zero_()  # the untrained student is exactly prior + copy (+ wide start)
+    if cfg.wide_init == "counts" and model.config.wide and train is not None and len(y_train):
+        table = count_lift_table(train, model, cfg.wide_init_alpha)
+        model.wide.weight.copy_(torch.from_numpy(table).to(model.wide.weight.dtype))
+
+
+def codes_per_visit(arrays: dict[str, np.ndarray]) -> float:
+    """Mean number of distinct diagnosis and procedure ids of the current visit per sample (the
+    scale of a `wide_codes="mean"` path); label-free, 1.0 for no samples."""
+    dx, px = arrays["dx"][:, -1], arrays["px"][:, -1]
+    counts = [
+        len(np.unique(a[a != 0])) + len(np.unique(b[b != 0])) for a, b in zip(dx, px, strict=True)
+    ]
+    return float(np.mean(counts)) if counts else 1.0
+
+
+def count_lift_table(
+    train: dict[str, np.ndarray], model: LeaderStudent, alpha: float = 2.0
+) -> np.ndarray:
+    """[wide rows, labels]: each id's smoothed log-odds lift over the training labels.
+
+    Rows are the student's shared id space (`wide`: diagnoses | procedures | medications |
+    profile). An id counts once per sample where the wide path reads it: the current visit's
+    diagnoses and procedures, the previous visit's medications, the profile. P(label | id) =
+    (count + alpha * freq) / (samples with id + alpha); the row is logit(P) - logit(freq), so an
+    id seen in few samples stays near zero. Each kind is scaled by one over its mean number of
+    distinct ids per sample that has any (the wide path sums its rows; for the current visit's
+    codes with `wide_codes="mean"`, by one over the path's `wide_codes_scale`). Pad rows stay
+    zero.
+    """
+    y = np.asarray(train["y"], np.float64)
+    n, n_labels = y.shape
+    freq = (y.sum(0) + 0.5) / (n + 1.0)
+    base = np.log(freq / (1.0 - freq))
+    med = train["med"]
+    prev_med = med[:, -2] if med.shape[1] > 1 else np.zeros_like(med[:, -1])
+    groups = (
+        (train["dx"][:, -1], model.dx_offset),
+        (train["px"][:, -1], model.px_offset),
+        (prev_med, model.med_offset),
+        (train["profile"], model.profile_offset),
+    )
+
+    def distinct(ids: np.ndarray) -> list[np.ndarray]:
+        ids = np.asarray(ids).reshape(n, -1)
+        return [np.unique(row[row != 0]) for row in ids]
+
+    current = [distinct(groups[0][0]), distinct(groups[1][0])]
+    codes_per_visit = np.mean([len(a) + len(b) for a, b in zip(*current, strict=True)])
+    mean_path = getattr(model.config, "wide_codes", "sum") == "mean"
+    codes_scale = float(model.config.wide_codes_scale) if mean_path else None
+    table = np.zeros(tuple(model.wide.weight.shape), np.float64)
+    for g, (ids, offset) in enumerate(groups):
+        rows = current[g] if g < 2 else distinct(ids)
+        counts = [len(u) for u in rows if len(u)]
+        if not counts:
+            continue
+        # the current visit's diagnoses and procedures together add up to about one lift (with
+        # "mean", the path's own scale stands in for the count: a typical visit reads the same)
+        scale = (codes_scale or codes_per_visit) if g < 2 else float(np.mean(counts))
+        seen = np.zeros(table.shape[0])
+        hits = np.zeros(table.shape)
+        for i, u in enumerate(rows):
+            seen[u + offset] += 1.0
+            hits[u + offset] += y[i]
+        used = seen > 0
+        p = (hits[used] + alpha * freq) / (seen[used, None] + alpha)
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        table[used] = (np.log(p / (1.0 - p)) - base) / max(scale, 1.0)
+    return table.astype(np.float32)
 
 
 def _optimizer(model: LeaderStudent, projector, cfg: DistillConfig) -> torch.optim.Optimizer:
@@ -285,6 +376,7 @@ def select_by_inner_cv(
     k: int = 4,
     teacher: FeatureSource | None = None,
     max_epochs: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> Selection:
     """Choose the epoch count (and threshold) on out-of-fold predictions of an inner k-fold.
 
@@ -292,7 +384,9 @@ def select_by_inner_cv(
     sample. Each inner fold trains on the other folds' patients for `max_epochs` (default
     `cfg.max_epochs`) with no early stopping and scores its own patients after every epoch; the
     epoch whose pooled out-of-fold PR-AUC is best wins. Uses 4-5x more patients to choose
-    with than the validation split alone; the test patients are not involved.
+    with than the validation split alone; the test patients are not involved. `progress`:
+    called after every epoch with the share of the inner trainings done and a line saying
+    which inner fold and epoch, with that epoch's PR-AUC on the inner fold's own patients.
     """
     from distill.medication.evaluate import choose_threshold
 
@@ -307,12 +401,23 @@ def select_by_inner_cv(
         if len(va) == 0 or len(tr) == 0:
             continue
         source = (lambda i, t=tr: teacher(t[i])) if teacher is not None else None
+
+        def on_epoch(row: dict, f: int = f) -> None:
+            if progress is not None:
+                done = (f * n_epochs + row["epoch"] + 1) / (k * n_epochs)
+                progress(
+                    done,
+                    f"inner fold {f + 1}/{k} epoch {row['epoch'] + 1}/{n_epochs}: "
+                    f"val PR-AUC {row['val_prauc']:.4f}",
+                )
+
         res = train_student(
             _subset(arrays, tr),
             _subset(arrays, va),
             student_cfg,
             cfg,
             teacher=source,
+            progress=on_epoch,
             epochs=n_epochs,
             keep_val_scores=True,
         )
@@ -338,9 +443,12 @@ def fit_selected(
     k: int = 4,
     teacher: FeatureSource | None = None,
     max_epochs: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
 ) -> tuple[TrainResult, Selection]:
     """`select_by_inner_cv`, then a refit on all of `arrays` for the chosen epoch count."""
-    sel = select_by_inner_cv(arrays, patient_ids, student_cfg, cfg, k, teacher, max_epochs)
+    sel = select_by_inner_cv(
+        arrays, patient_ids, student_cfg, cfg, k, teacher, max_epochs, progress=progress
+    )
     empty = _subset(arrays, np.zeros(0, dtype=np.int64))
     res = train_student(arrays, empty, student_cfg, cfg, teacher=teacher, epochs=sel.epochs)
     return res, sel
