@@ -237,16 +237,9 @@ class NumpyBackend:
         self.config = cfg
         self.repeat_head = bool(repeat)
         self.wide = wide
-        # how the wide path reads the current codes (StudentConfig.wide_codes): "sum" of their
-        # rows, or "mean" times wide_codes_scale; known from a config mapping that states it
-        stated = student_config if isinstance(student_config, Mapping) else {}
-        if stated.get("wide_codes", "sum") not in ("sum", "mean"):
-            raise BundleError(f"student_config.wide_codes {stated['wide_codes']!r} is unknown")
-        self.wide_mean = (
-            float(stated.get("wide_codes_scale", 1.0))
-            if stated.get("wide_codes") == "mean"
-            else 0.0
-        )
+        # how the wide path reads the current codes (StudentShape.wide_codes): "sum" of their
+        # rows, or "mean" times wide_codes_scale (0.0 here means "sum")
+        self.wide_mean = cfg.wide_codes_scale if cfg.wide_codes == "mean" else 0.0
         f32 = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in raw.items()}
         self._prepare(f32)
 

@@ -67,6 +67,10 @@ class StudentShape:
     visit_layers: int = 2
     max_visits: int = 10
     repeat_head: bool | None = None
+    # how the wide path reads the current visit's codes (StudentConfig.wide_codes): "sum" of
+    # their rows (bundles made before the field), or "mean" times `wide_codes_scale`
+    wide_codes: str = "sum"
+    wide_codes_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "student_config") -> StudentShape:
@@ -89,6 +93,16 @@ class StudentShape:
             if not isinstance(data["repeat_head"], bool):
                 raise BundleError(f"{where}.repeat_head must be true or false")
             values["repeat_head"] = data["repeat_head"]
+        if "wide_codes" in data:
+            if data["wide_codes"] not in ("sum", "mean"):
+                raise BundleError(f"{where}.wide_codes must be 'sum' or 'mean'; got "
+                                  f"{data['wide_codes']!r}")  # fmt: skip
+            values["wide_codes"] = data["wide_codes"]
+        if "wide_codes_scale" in data:
+            scale = data["wide_codes_scale"]
+            if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+                raise BundleError(f"{where}.wide_codes_scale must be a number > 0; got {scale!r}")
+            values["wide_codes_scale"] = float(scale)
         shape = cls(**values)
         if shape.dim % shape.heads:
             raise BundleError(f"{where}: dim {shape.dim} is not divisible by heads {shape.heads}")
