@@ -36,7 +36,7 @@ demo: setup
 
 # rebuild the shipped bundle from the embedded MIMIC-IV demo (about 30 min on 2 cores)
 bundle: setup
-	$(BIN)/pocketrec pipeline --domain medication --source mimic4-demo --out runs/demo --force
+	$(BIN)/pocketrec pipeline --domain medication --source mimic4-demo --out runs/demo $(TEACHER) --force
 	rm -rf assets/bundles/medication-demo
 	cp -r runs/demo/bundle assets/bundles/medication-demo
 

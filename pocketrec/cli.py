@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ds.add_argument(
         "--ancestors",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also feed each code's ICD category, so a code the model never saw still counts "
-        "through its category",
+        "through its category (default on; --no-ancestors for codes alone)",
     )
     ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
     ds.add_argument("--force", action="store_true", help="replace a non-empty --out")

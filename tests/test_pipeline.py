@@ -24,7 +24,11 @@ from distill.data.samples import build_samples
 from distill.data.tensors import MedVocabs, encode_samples
 from distill.features import load_features
 from distill.medication.evaluate import METRICS, MODELS, ddi_label_pairs, fold_indices
-from distill.medication.export_inputs import read_bundle_inputs, read_heldout
+from distill.medication.export_inputs import (
+    read_bundle_inputs,
+    read_heldout,
+    read_trained_ids,
+)
 from distill.medication.run import RunConfig, quick_config, run_distill
 from distill.medication.student import LeaderStudent, load_student
 from distill.medication.train import DistillConfig, predict
@@ -181,6 +185,12 @@ def test_run_keeps_what_export_needs(run):
             assert value.dtype == arrays[name].dtype
             np.testing.assert_array_equal(value, arrays[name][rows])
             np.testing.assert_array_equal(held.test[name], arrays[name][te])
+        # the ids the fold's students trained on: everything in its non-test samples
+        trained = read_trained_ids(out / f"fold{fold}")
+        tr = np.setdiff1d(np.arange(len(samples)), te)
+        for name, kind in (("dx", "diagnoses"), ("px", "procedures")):
+            want = np.unique(arrays[name][tr])
+            assert trained[kind] == [int(i) for i in want if i > 1]
     inputs = read_bundle_inputs(out)
     labels = json.loads((out / "labels.json").read_text())
     assert [row["code"] for row in inputs.labels] == labels
@@ -218,6 +228,19 @@ def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["metrics"] == combined["models"]
     assert json.loads((bundle / "labels.json").read_text()) == read_bundle_inputs(out).labels
+    # the bundle's vocabulary: the codes fold 0's students trained on, renumbered
+    trained = read_trained_ids(out / "fold0")
+    vocab = json.loads((bundle / "vocab.json").read_text())
+    full = MedVocabs.load(out / "vocab")
+    for kind in ("diagnoses", "procedures"):
+        kept = [getattr(full, kind).tokens[i] for i in trained[kind]]
+        assert list(vocab[kind]) == ["<pad>", "<unk>", *kept]
+        assert list(vocab[kind].values()) == list(range(len(kept) + 2))
+        assert manifest["data"]["vocabulary"][kind] == {
+            "kept": len(kept) + 2, "of": len(getattr(full, kind))
+        }  # fmt: skip
+        assert manifest["student_config"][f"n_{kind}"] == len(kept) + 2
+    assert "codes fold 0's training patients had" in (bundle / "card.md").read_text()
 
 
 @pytest.mark.slow

@@ -364,3 +364,23 @@ def test_count_init_and_earlier_visit_repeat_are_applied(data):
     zero = LeaderStudent(SCFG)
     init_student(zero, train["y"], _cfg(wide_init="zero"), train)
     assert not zero.wide.weight.detach().any()
+
+
+def test_count_lift_table_shrinks_towards_a_prior(data):
+    """With prior logits, a row no sample holds is its prior (over the scale) and a seen row
+    moves towards its prior; without one, the unseen row stays zero."""
+    train, _ = data
+    model = LeaderStudent(SCFG)
+    scale = codes_per_visit(train)
+    unseen = model.dx_offset + 1  # <unk>: in no sample
+    seen = model.dx_offset + 2
+    prior = np.zeros(tuple(model.wide.weight.shape))
+    prior[unseen] = np.linspace(-1.0, 1.0, N_LABELS)
+    prior[seen] = 5.0
+    plain = count_lift_table(train, model, alpha=2.0)
+    informed = count_lift_table(train, model, alpha=2.0, prior_logits=prior)
+    assert not plain[unseen].any()
+    np.testing.assert_allclose(informed[unseen], prior[unseen] / scale, rtol=1e-5, atol=1e-6)
+    assert (informed[seen] > plain[seen]).all()
+    # rows without a prior are as before
+    np.testing.assert_array_equal(informed[model.dx_offset + 3], plain[model.dx_offset + 3])

@@ -246,11 +246,17 @@ def _paired_markdown(paired: dict) -> list[str]:
 
 
 def report_markdown(report: dict) -> str:
+    chosen = "thresholds and k chosen on validation patients"
+    if "inner" in str(report.get("selection", "")):
+        chosen = (
+            "the students' epochs and thresholds chosen on an inner k-fold over the non-test "
+            "patients, the other thresholds and popularity's k on validation patients"
+        )
     lines = [
         f"# pocketrec report: {report['domain']} on {report['source']}",
         "",
         f"Protocol `{report['protocol']}`, {report['folds']} folds by patient; "
-        "mean ± standard deviation over folds; thresholds and k chosen on validation patients.",
+        f"mean ± standard deviation over folds; {chosen}.",
         "",
         "| model | " + " | ".join(METRICS) + " |",
         "|---|" + "---|" * len(METRICS),

@@ -7,6 +7,9 @@ bundle are made from:
     fold<k>/heldout.npz           the fold's validation then test samples as the student's
                                   input arrays (`INPUT_NAMES`) with "y", plus "sample_id" and
                                   "n_validation" (the first n rows are validation)
+    fold<k>/trained_ids.json      the diagnosis and procedure ids that occur anywhere in the
+                                  samples the fold's students trained on (the rows they learnt;
+                                  the export keeps only these in the bundle's vocabulary)
     bundle_inputs/labels.json     the drug classes: [{"code", "name"}] in label order
     bundle_inputs/ddi.json        the DDI pairs among those classes: [[a, b], ...], sorted
     bundle_inputs/titles.json     a title for every diagnosis and procedure code of the vocab
@@ -38,11 +41,15 @@ __all__ = [
     "Heldout",
     "read_bundle_inputs",
     "read_heldout",
+    "read_trained_ids",
     "write_bundle_inputs",
     "write_heldout",
+    "write_trained_ids",
 ]
 
 HELDOUT_FILE = "heldout.npz"
+TRAINED_IDS_FILE = "trained_ids.json"
+TRAINED_KINDS = {"dx": "diagnoses", "px": "procedures"}  # array name -> vocabulary
 LABELS_FILE = "bundle_inputs/labels.json"
 DDI_FILE = "bundle_inputs/ddi.json"
 TITLES_FILE = "bundle_inputs/titles.json"
@@ -90,6 +97,31 @@ def write_heldout(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **data)
     return path
+
+
+def write_trained_ids(fold_dir: Path, arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> Path:
+    """Write ``fold_dir/trained_ids.json``: {vocabulary: sorted ids} of the diagnosis and
+    procedure ids found in `rows` of `arrays` (any visit slot; pads left out). Label-free."""
+    out = {}
+    for name, kind in TRAINED_KINDS.items():
+        ids = np.unique(np.asarray(arrays[name])[rows])
+        out[kind] = [int(i) for i in ids if i > 1]  # <pad> and <unk> are always kept
+    path = Path(fold_dir) / TRAINED_IDS_FILE
+    atomic_write_json(path, out)
+    return path
+
+
+def read_trained_ids(fold_dir: Path) -> dict[str, list[int]] | None:
+    """The fold's `write_trained_ids` record, or None for a run made before it existed."""
+    path = Path(fold_dir) / TRAINED_IDS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for kind in TRAINED_KINDS.values():
+        ids = data.get(kind)
+        if not isinstance(ids, list) or not all(isinstance(i, int) and i > 1 for i in ids):
+            raise ValueError(f"{path}: {kind} must be a list of ids > 1")
+    return {kind: data[kind] for kind in TRAINED_KINDS.values()}
 
 
 def read_heldout(fold_dir: Path) -> Heldout:

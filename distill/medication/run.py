@@ -29,7 +29,11 @@ from distill.data.tensors import MedVocabs, encode_samples
 from distill.layers import count_parameters
 from distill.medication import evaluate as ev
 from distill.medication import teacher as tch
-from distill.medication.export_inputs import write_bundle_inputs, write_heldout
+from distill.medication.export_inputs import (
+    write_bundle_inputs,
+    write_heldout,
+    write_trained_ids,
+)
 from distill.medication.prompts import build_prompt, prompt_hash, tokenizer_counter
 from distill.medication.student import StudentConfig, save_student
 from distill.medication.train import (
@@ -316,6 +320,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
         # only when the students did not train on them
         held_val = va if cfg.selection == "validation" else va[:0]
         write_heldout(fdir, arrays, held_val, te, sample_ids)
+        write_trained_ids(fdir, arrays, fit_idx)
         atomic_write_json(
             fdir / "metrics.json",
             {
@@ -342,7 +347,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
             "params": params,
             "teacher": {
                 "backbone": cfg.teacher.backbone,
-                "lora": cfg.teacher.lora,
+                "lora": bool(cfg.teacher.lora) and not getattr(cfg.teacher, "frozen", False),
                 "max_length": cfg.teacher.max_length,
                 "epochs": cfg.teacher.epochs,
                 "frozen": bool(getattr(cfg.teacher, "frozen", False)),
@@ -366,18 +371,19 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
 
 def _plan(cfg: RunConfig) -> Progress:
     """The run's steps with their expected shares of the time (seconds measured on the 2-core
-    machine: frozen SmolLM2 features for the demo's 250 prompts about 4 min, LoRA about 14 min
-    per fold and epoch, the students about 20 s per seed and fold)."""
+    machine, mimic4-demo: frozen SmolLM2 features for the 250 prompts about 80 s, LoRA about
+    5 min per fold and epoch with MiniLM, the students about 20 s per seed and fold). Updates
+    of a step are logged at most every 5 s."""
     frozen = getattr(cfg.teacher, "frozen", False) and cfg.features_from is None
     lora = not frozen and cfg.features_from is None
-    steps = [("data", 5.0), ("prompts", 10.0)]
+    steps = [("data", 2.0), ("prompts", 3.0)]
     if frozen:
-        steps.append(("teacher features (frozen, all folds)", 240.0))
+        steps.append(("teacher features (frozen, all folds)", 80.0))
     for fold in range(cfg.data.folds):
         if lora:
             steps.append((f"fold {fold + 1}/{cfg.data.folds} teacher", 300.0 * cfg.teacher.epochs))
         steps.append((f"fold {fold + 1}/{cfg.data.folds} students", 20.0 * len(cfg.seeds)))
-    return Progress(steps)
+    return Progress(steps, min_interval=5.0)
 
 
 def _fit_students(cfg, arrays, pids, fit_idx, va, scfg, seed, teacher_source, clock, report=None):

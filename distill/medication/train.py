@@ -242,6 +242,11 @@ def init_student(
         model.wide.weight.copy_(torch.from_numpy(table).to(model.wide.weight.dtype))
 
 
+def _kind_size(model: LeaderStudent, group: int) -> int:
+    c = model.config
+    return (c.n_diagnoses, c.n_procedures, c.n_medications, c.n_profile)[group]
+
+
 def codes_per_visit(arrays: dict[str, np.ndarray]) -> float:
     """Mean number of distinct diagnosis and procedure ids of the current visit per sample (the
     scale of a `wide_codes="mean"` path); label-free, 1.0 for no samples."""
@@ -253,7 +258,10 @@ def codes_per_visit(arrays: dict[str, np.ndarray]) -> float:
 
 
 def count_lift_table(
-    train: dict[str, np.ndarray], model: LeaderStudent, alpha: float = 2.0
+    train: dict[str, np.ndarray],
+    model: LeaderStudent,
+    alpha: float = 2.0,
+    prior_logits: np.ndarray | None = None,
 ) -> np.ndarray:
     """[wide rows, labels]: each id's smoothed log-odds lift over the training labels.
 
@@ -264,7 +272,9 @@ def count_lift_table(
     id seen in few samples stays near zero. Each kind is scaled by one over its mean number of
     distinct ids per sample that has any (the wide path sums its rows; for the current visit's
     codes with `wide_codes="mean"`, by one over the path's `wide_codes_scale`). Pad rows stay
-    zero.
+    zero. `prior_logits` [rows, labels] (e.g. an LLM's zero-shot knowledge per code): P shrinks
+    towards sigmoid(logit(freq) + prior) instead of freq, so a row seen in no sample is its
+    prior.
     """
     y = np.asarray(train["y"], np.float64)
     n, n_labels = y.shape
@@ -301,8 +311,15 @@ def count_lift_table(
         for i, u in enumerate(rows):
             seen[u + offset] += 1.0
             hits[u + offset] += y[i]
-        used = seen > 0
-        p = (hits[used] + alpha * freq) / (seen[used, None] + alpha)
+        span = slice(offset, offset + _kind_size(model, g))
+        used = np.zeros(table.shape[0], dtype=bool)
+        used[span] = seen[span] > 0
+        target = np.broadcast_to(freq, table.shape)
+        if prior_logits is not None:
+            used[span] |= np.abs(prior_logits[span]).sum(1) > 0
+            target = 1.0 / (1.0 + np.exp(-(base + prior_logits)))
+        used[offset] = False  # <pad>
+        p = (hits[used] + alpha * target[used]) / (seen[used, None] + alpha)
         p = np.clip(p, 1e-6, 1 - 1e-6)
         table[used] = (np.log(p / (1.0 - p)) - base) / max(scale, 1.0)
     return table.astype(np.float32)

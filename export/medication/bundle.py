@@ -65,7 +65,7 @@ def model_card(manifest: dict, labels: list[dict]) -> str:
         f"Source `{m['data'].get('source')}`, protocol `{m['data'].get('protocol')}`, "
         f"{m['data'].get('samples')} samples; the shipped student is fold 0's, trained on the "
         "patients outside fold 0. Drug classes come from NDC/GSN -> ATC3 mappings; unmapped "
-        "prescription rows (flushes, diluents) were left out.",
+        "prescription rows (flushes, diluents) were left out." + _vocabulary_line(m),
         "",
         "## Metrics (k-fold by patient, mean ± std over folds; test patients only)",
         "",
@@ -89,12 +89,25 @@ def model_card(manifest: dict, labels: list[dict]) -> str:
         "",
         "## Known limits",
         "- Trained on a 100-patient ICU demo: small, one hospital, not representative.",
-        "- On such data the `previous_visit` baseline is hard to beat; compare before trusting.",
+        "- On such data the `previous_visit` baseline is hard to beat; compare before trusting. "
+        "Simple rules that also use earlier visits and similar visits come close to this "
+        "student on validation patients (see the README).",
+        "- What it knows is what its training patients' prescriptions show; a code they "
+        "never had is unknown to it (its ICD category may still count) and moves nothing.",
         "- The DDI graph is GAMENet's TWOSIDES-derived ATC3 pairs: incomplete, class-level.",
         "- ATC names are the WHO index's; ICD titles come from the MIMIC dictionaries.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _vocabulary_line(m: dict) -> str:
+    vocab = m.get("data", {}).get("vocabulary")
+    if not vocab:
+        return ""
+    parts = [f"{v['kept']:,} of {v['of']:,} {k}" for k, v in vocab.items()]
+    return (" The vocabulary keeps the codes fold 0's training patients had (" + ", ".join(parts)
+            + ", counting <pad> and <unk>); any other code is reported unknown.")  # fmt: skip
 
 
 def write_bundle(

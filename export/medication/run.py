@@ -26,10 +26,16 @@ from contract.files import atomic_write_json
 from contract.layout import INPUT_NAMES
 from distill.data.tensors import MedVocabs
 from distill.medication import evaluate as ev
-from distill.medication.export_inputs import read_bundle_inputs, read_heldout
+from distill.medication.export_inputs import (
+    Heldout,
+    read_bundle_inputs,
+    read_heldout,
+    read_trained_ids,
+)
 from distill.medication.student import load_student
 from distill.runs import read_config
 from export.medication.bundle import write_bundle
+from export.medication.prune import prune_student, prune_vocab, remap_arrays
 
 __all__ = [
     "combined_report",
@@ -124,6 +130,14 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             chosen = json.loads((fdir / "metrics.json").read_text())["chosen_on_validation"]
             threshold = float(chosen["student_kd"])
             held = read_heldout(fdir)
+            trained = read_trained_ids(fdir)
+            pruning = None
+            if trained is not None:
+                # only the codes this fold's students trained on; the others read as <unk>,
+                # in the bundle as in the held-out arrays scored here (export.medication.prune)
+                model, scfg, pruning = prune_student(model, scfg, trained)
+                held = Heldout(remap_arrays(held.arrays, pruning), held.sample_ids,
+                               held.n_validation)  # fmt: skip
             fp32, int8 = tmp / f"fold{fold}.fp32.onnx", tmp / f"fold{fold}.int8.onnx"
             info, qinfo = export_compact(model, scfg, fp32, int8, PRESETS[preset])
             test = held.test
@@ -135,7 +149,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
                 parity = parity_report(
                     model, fp32, int8, held_out, held_out["y"], threshold, ddi_idx
                 )
-                shipped = (model, scfg, int8, threshold, info, qinfo)
+                shipped = (model, scfg, int8, threshold, info, qinfo, pruning)
                 sizes = {"onnx_fp32": fp32.stat().st_size, "onnx_int8": int8.stat().st_size}
             log.info(f"fold {fold + 1}/{folds}: int8 jaccard {per_fold[-1]['jaccard']:.4f}")
 
@@ -147,9 +161,11 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             "size_bytes": sizes,
             "export": {"preset": preset, "parity_fold0": parity},
         }
+        if shipped[-1] is not None:
+            results["export"]["vocabulary_fold0"] = shipped[-1].summary()
         combined = combined_report(report, results)
 
-        model, scfg, int8, threshold, info, qinfo = shipped
+        model, scfg, int8, threshold, info, qinfo, pruning = shipped
         weights = tmp / "weights.npz"
         save_numpy_weights(model, scfg, weights, dtype=WEIGHTS_DTYPE)
         vocab_json = {
@@ -158,6 +174,9 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             "medications": vocabs.medications.to_json(),
             "profile": vocabs.profile.to_json(),
         }
+        if pruning is not None:
+            for kind in ("diagnoses", "procedures"):
+                vocab_json[kind] = prune_vocab(vocab_json[kind], pruning, kind)
         write_bundle(
             out_dir,
             name=f"medication-{report['source']}",
@@ -189,6 +208,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
                 "folds": report["folds"],
                 "samples": report["samples"],
                 "shipped_fold": 0,
+                **({"vocabulary": pruning.summary()} if pruning is not None else {}),
             },
             parity=parity,
             weights_dtype=WEIGHTS_DTYPE,
