@@ -5,7 +5,10 @@ For each outer fold, only its non-test patients are used: an inner 4-fold over t
 out-of-fold score after every epoch; a variant's figure is the best pooled out-of-fold PR-AUC
 (and the Jaccard at the threshold chosen there), mean over seeds. Test patients are never read.
 Variants are the steps from the previous default to the new one, each alone and together, plus
-feature KD, the code hierarchy and title-initialised embeddings on top. Simple rules are scored
+feature KD and title-initialised embeddings on top. How the wide path reads the current codes
+("sum", "sqrt" or "mean" scaling) is also judged on the same patients' visits cut to their
+primary diagnosis alone (a clinician entering one code): PR-AUC and cross-entropy of the
+inner-fold students (refit for the chosen epochs) on those one-code visits. Simple rules are scored
 on the same inner folds for reference: popularity, previous_visit, a history rule (popularity +
 previous visit + half the share of earlier visits), code co-occurrence + history, and a 10-nearest
 -visit rule + history (cosine over the current visit's codes, IDF-weighted).
@@ -44,24 +47,27 @@ NEW: dict = {}  # today's DistillConfig defaults
 
 
 def variants(features: bool) -> list[tuple[str, dict]]:
-    """(name, settings): `distill` for DistillConfig, `student` for StudentConfig, `epochs`,
-    `ancestors`, `title` (initial embeddings from the teacher's reading of the titles)."""
+    """(name, settings): `distill` for DistillConfig, `codes` for StudentConfig.wide_codes,
+    `epochs`, `ancestors`, `title` (initial embeddings from the teacher's reading of the
+    titles), `one_code` (also score visits cut to their primary diagnosis)."""
+    new = {"distill": NEW, "epochs": 20, "ancestors": True, "one_code": True}
     out = [
         ("old default (sum, 12 epochs)", {"distill": OLD, "epochs": 12}),
         ("+ earlier-visit repeat 2.5", {"distill": {**OLD, "repeat_mean_init": 2.5}, "epochs": 12}),
         ("+ count-initialised wide", {"distill": {**OLD, "wide_init": "counts"}, "epochs": 12}),
-        ("+ both, wide L2 1e-4, 20 epochs (sum)", {"distill": NEW, "epochs": 20}),
-        ("new default (mean x scale)", {"distill": NEW, "epochs": 20, "mean": True}),
-        ("new + code hierarchy", {"distill": NEW, "epochs": 20, "mean": True, "ancestors": True}),
+        ("+ both, wide L2 1e-4, 20 epochs", {"distill": NEW, "epochs": 20}),
+        ("+ code hierarchy (sum)", {**new, "codes": "sum"}),
+        ("new default (+ sqrt scaling)", {**new, "codes": "sqrt"}),
+        ("new, mean scaling instead", {**new, "codes": "mean"}),
         (
             "new + SmolLM2 title embeddings",
-            {"distill": NEW, "epochs": 20, "mean": True, "title": "smollm2"},
+            {**new, "codes": "sqrt", "one_code": False, "title": "smollm2"},
         ),  # fmt: skip
     ]
     if features:
         kd = {**NEW, "alpha": 0.3, "beta": 0.1}
-        out.append(("new + feature KD (alpha 0.3, beta 0.1)",
-                    {"distill": kd, "epochs": 20, "mean": True, "kd": True}))  # fmt: skip
+        kd_variant = {**new, "codes": "sqrt", "one_code": False, "distill": kd, "kd": True}
+        out.append(("new + feature KD (alpha 0.3, beta 0.1)", kd_variant))
     return out
 
 
@@ -124,14 +130,15 @@ def main(argv=None) -> dict:
         todo = [(i, v) for i, v in todo if i in keep]
     for _, (name, v) in todo:
         vocabs, tcfg, arrays = encoded_for(bool(v.get("ancestors")))
+        codes = v.get("codes", "sum")
         scfg = StudentConfig.from_vocabs(
             vocabs,
             dim=32,
             visit_layers=1,
             max_visits=tcfg.max_visits,
             teacher_dim=feats.shape[1] if feats is not None else 384,
-            wide_codes="mean" if v.get("mean") else "sum",
-            wide_codes_scale=round(T.codes_per_visit(arrays), 4) if v.get("mean") else 1.0,
+            wide_codes=codes,
+            wide_codes_scale=round(T.codes_per_visit(arrays), 4) if codes != "sum" else 1.0,
         )
         table = None
         if v.get("title"):
@@ -150,11 +157,16 @@ def main(argv=None) -> dict:
                 teacher = (lambda i, f=feats[fit]: f[i]) if v.get("kd") else None
                 sel = _select(T, sub, pids[fit], scfg, replace(dcfg, seed=seed), teacher,
                               v["epochs"], table)  # fmt: skip
+                one = (np.nan, np.nan)
+                if v.get("one_code"):
+                    one = _one_code(T, sub, pids[fit], scfg, replace(dcfg, seed=seed), sel.epochs,
+                                    prauc)  # fmt: skip
                 rows.append(
                     (
                         max(sel.curve),
                         jaccard(sub["y"], sel.oof_scores >= sel.threshold),
                         sel.epochs,
+                        *one,
                     )
                 )
             per_fold.append(np.mean(rows, axis=0).tolist())
@@ -165,15 +177,23 @@ def main(argv=None) -> dict:
             "epochs": round(float(a[:, 2].mean()), 1),
             "per_fold_prauc": [round(x, 4) for x in a[:, 0]],
         }
+        if v.get("one_code"):
+            result["variants"][name] |= {
+                "one_code_prauc": round(float(a[:, 3].mean()), 4),
+                "one_code_cross_entropy": round(float(a[:, 4].mean()), 4),
+            }
         took = time.perf_counter() - t0
+        one = ""
+        if v.get("one_code"):
+            one = f"  one code: PR-AUC {a[:, 3].mean():.4f} CE {a[:, 4].mean():.4f}"
         print(f"{name:44s} PR-AUC {a[:, 0].mean():.4f}  Jaccard {a[:, 1].mean():.4f}  "
-              f"epochs {a[:, 2].mean():4.1f}  {took:.0f} s", flush=True)  # fmt: skip
+              f"epochs {a[:, 2].mean():4.1f}{one}  {took:.0f} s", flush=True)  # fmt: skip
     result["rules"] = _rules(samples, encoded_for(False), folds, pids, T, prauc)
     for name, r in result["rules"].items():
         print(f"{name:44s} PR-AUC {r['prauc']:.4f}")
     _paired(result)
     if feats is not None:
-        vocabs, tcfg, arrays = encoded_for(False)
+        vocabs, tcfg, arrays = encoded_for(True)
         result["teacher_blend"] = _teacher_blend(
             T, arrays, vocabs, tcfg, feats, folds, pids, seeds[0], prauc
         )
@@ -203,6 +223,28 @@ def _select(T, sub, pids, scfg, dcfg, teacher, epochs, table):  # noqa: N803
         return T.select_by_inner_cv(sub, pids, scfg, dcfg, k=4, teacher=teacher, max_epochs=epochs)
     finally:
         T.LeaderStudent = base
+
+
+def _one_code(T, sub, pids, scfg, dcfg, epochs, prauc) -> tuple[float, float]:  # noqa: N803
+    """Inner-fold students refit for `epochs`, scored on their own patients' visits cut to the
+    primary diagnosis alone (no procedures, no category): (PR-AUC, cross-entropy). The
+    popularity rule's cross-entropy on the same visits is about 0.32 on mimic4-demo."""
+    inner = T.inner_fold_of(pids, 4)
+    scores = np.zeros_like(sub["y"])
+    for g in range(4):
+        a, b = np.flatnonzero(inner != g), np.flatnonzero(inner == g)
+        res = T.train_student({k: x[a] for k, x in sub.items()}, {k: x[b][:0] for k, x in
+                              sub.items()}, scfg, dcfg, epochs=epochs)  # fmt: skip
+        cut = {k: x[b].copy() for k, x in sub.items()}
+        first = cut["dx"][:, -1, :1].copy()
+        cut["dx"][:, -1] = 0
+        cut["dx"][:, -1, :1] = first
+        cut["px"][:, -1] = 0
+        scores[b] = T.predict(res.model, cut)
+    y = sub["y"]
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    ce = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(prauc(y, scores)), ce
 
 
 def _multi_hot(ids: np.ndarray, width: int) -> np.ndarray:
@@ -286,7 +328,7 @@ def _paired(result: dict) -> None:
     """Per-fold differences of every variant and rule against the new default (and the old)."""
     rows = {**result["variants"], **result["rules"]}
     pairs = {}
-    for ref in ("new default (mean x scale)", "old default (sum, 12 epochs)"):
+    for ref in ("new default (+ sqrt scaling)", "old default (sum, 12 epochs)"):
         if ref not in rows:
             continue
         base = np.array(rows[ref]["per_fold_prauc"])
@@ -315,7 +357,7 @@ def _teacher_blend(T, arrays, vocabs, tcfg, feats, folds, pids, seed, prauc) -> 
 
     scfg = StudentConfig.from_vocabs(
         vocabs, dim=32, visit_layers=1, max_visits=tcfg.max_visits,
-        wide_codes="mean", wide_codes_scale=round(T.codes_per_visit(arrays), 4),
+        wide_codes="sqrt", wide_codes_scale=round(T.codes_per_visit(arrays), 4),
     )  # fmt: skip
     y = arrays["y"]
     inputs = np.hstack(

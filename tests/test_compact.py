@@ -183,15 +183,15 @@ def test_numpy_gelu_is_exact_to_float32():
         assert np.all(np.abs(got - want) <= 1e-6 * np.maximum(1.0, np.abs(want)))
 
 
-def test_wide_codes_mean_matches_torch(tmp_path):
-    """A student whose wide path averages the current visit's codes (`wide_codes="mean"`):
-    the compact graphs and the numpy backend (told by its config) compute it too."""
+@pytest.mark.parametrize("wide_codes", ["mean", "sqrt"])
+def test_wide_codes_scaled_matches_torch(tmp_path, wide_codes):
+    """A student whose wide path reads the current visit's codes summed times (scale / n)^p
+    (`wide_codes` "mean": p = 1, "sqrt": p = 1/2): the compact graphs and the numpy backend
+    (told by its config) compute it too."""
     import dataclasses
 
-    if "wide_codes" not in {f.name for f in dataclasses.fields(StudentConfig)}:
-        pytest.skip("this StudentConfig has no wide_codes")
     model, cfg = model_of(*SHAPES[0], seed=6)
-    cfg = dataclasses.replace(cfg, wide_codes="mean", wide_codes_scale=7.5)
+    cfg = dataclasses.replace(cfg, wide_codes=wide_codes, wide_codes_scale=7.5)
     mean_model = LeaderStudent(cfg).eval()
     mean_model.load_state_dict(model.state_dict())
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
@@ -202,7 +202,7 @@ def test_wide_codes_mean_matches_torch(tmp_path):
         feeds = feeds_of(cfg, batch, visits, seed)
         feeds["dx"][0, -1] = 0  # a current visit with no diagnosis: the count is clamped to 1
         want, _ = torch_outputs(mean_model, feeds)
-        assert np.abs(want - torch_outputs(model, feeds)[0]).max() > 1e-3  # "mean" matters
+        assert np.abs(want - torch_outputs(model, feeds)[0]).max() > 1e-3  # the scale matters
         np.testing.assert_allclose(session(fp32).run(["logits"], feeds)[0], want, atol=2e-5)
         np.testing.assert_allclose(engine.run(feeds), want, atol=2e-5)
         assert np.abs(session(int8).run(["logits"], feeds)[0] - want).max() < 0.5

@@ -54,11 +54,11 @@ TCFG = dt.TensorConfig(
 )
 
 
-def student_config(repeat_head: bool, wide: bool = False, mean: bool = False) -> StudentConfig:
+def student_config(repeat_head: bool, wide: bool = False, codes: str = "sum") -> StudentConfig:
     return StudentConfig.from_vocabs(
         VOCABS, dim=32, heads=4, visit_layers=2, teacher_dim=16, max_visits=4,
         repeat_head=repeat_head, wide=wide,
-        wide_codes="mean" if mean else "sum", wide_codes_scale=2.5 if mean else 1.0,
+        wide_codes=codes, wide_codes_scale=1.0 if codes == "sum" else 2.5,
     )  # fmt: skip
 
 
@@ -173,15 +173,21 @@ def build_bundle(folder: Path, model: LeaderStudent, onnx_path: Path, threshold=
 
 @pytest.fixture(
     scope="module",
-    params=[(True, True, True), (True, True, False), (True, False, False), (False, False, False)],
-    ids=["repeat_head_wide_mean", "repeat_head_wide", "repeat_head", "no_repeat_head"],
+    params=[
+        (True, True, "sqrt"),
+        (True, True, "mean"),
+        (True, True, "sum"),
+        (True, False, "sum"),
+        (False, False, "sum"),
+    ],
+    ids=["wide_sqrt", "wide_mean", "repeat_head_wide", "repeat_head", "no_repeat_head"],
 )
 def built(request, tmp_path_factory):
     """(model, bundle folder) for a random student with / without the repeat head / wide path
     (its current codes summed, or averaged times a scale)."""
     tmp = tmp_path_factory.mktemp("bundle")
-    repeat, wide, mean = request.param
-    model = random_model(student_config(repeat, wide, mean), seed=11 if repeat else 12)
+    repeat, wide, codes = request.param
+    model = random_model(student_config(repeat, wide, codes), seed=11 if repeat else 12)
     export_onnx(model, tmp / "student.onnx")
     return model, build_bundle(tmp / "bundle", model, tmp / "student.onnx")
 
@@ -346,9 +352,11 @@ def test_backends_match_torch(built):
         a = encode_visit(bundle, ["icd9cm:401"], [], [], ())[0]
         b = encode_visit(bundle, ["icd9cm:401", "icd9cm:405"], [], [], ())[0]
         row = model.wide.weight[bundle.vocabs["diagnoses"]["icd9cm:405"]].detach().numpy()
-        if model.config.wide_codes == "mean":  # the mean of the two rows replaces the one row
+        if model.config.wide_codes != "sum":  # both rows, scaled for 2 codes, replace the one
             first = model.wide.weight[bundle.vocabs["diagnoses"]["icd9cm:401"]].detach().numpy()
-            row = model.config.wide_codes_scale * ((first + row) / 2 - first)
+            p = 1.0 if model.config.wide_codes == "mean" else 0.5
+            s = model.config.wide_codes_scale
+            row = (s / 2) ** p * (first + row) - s**p * first
         moved = np_rec.logits(b)[0] - np_rec.logits(a)[0]
         assert np.corrcoef(moved, row)[0, 1] > 0.9
 

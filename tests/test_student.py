@@ -342,6 +342,22 @@ def test_mean_wide_path_averages_the_current_codes_times_its_scale():
     torch.testing.assert_close(diff_mean, 7.5 * diff_sum)
 
 
+def test_sqrt_wide_path_is_the_sum_times_the_root_of_scale_over_n():
+    cfg = StudentConfig(**{**SMALL.to_dict(), "wide_codes": "sqrt", "wide_codes_scale": 9.0})
+    torch.manual_seed(14)
+    model = _random_wide(LeaderStudent(cfg), seed=15).eval()
+    summed = LeaderStudent(StudentConfig(**{**cfg.to_dict(), "wide_codes": "sum"}))
+    summed.load_state_dict(model.state_dict())
+    dx, px, med, mask, profile = random_inputs(cfg, b=3, v=4, seed=16)
+    n = ((dx[:, -1] != 0).sum(1) + (px[:, -1] != 0).sum(1)).float()
+    no_dx, no_px = torch.zeros_like(dx), torch.zeros_like(px)
+    codes_sum = summed._wide_logits(dx, px, med, profile) - summed._wide_logits(
+        no_dx, no_px, med, profile
+    )
+    got = model._wide_logits(dx, px, med, profile) - model._wide_logits(no_dx, no_px, med, profile)
+    torch.testing.assert_close(got, codes_sum * (9.0 / n).sqrt().unsqueeze(-1))
+
+
 def test_mean_wide_config_is_validated_and_old_configs_read_as_sum():
     with pytest.raises(ValueError, match="wide_codes must be"):
         StudentConfig(**{**SMALL.to_dict(), "wide_codes": "max"})

@@ -238,8 +238,9 @@ class NumpyBackend:
         self.repeat_head = bool(repeat)
         self.wide = wide
         # how the wide path reads the current codes (StudentShape.wide_codes): "sum" of their
-        # rows, or "mean" times wide_codes_scale (0.0 here means "sum")
-        self.wide_mean = cfg.wide_codes_scale if cfg.wide_codes == "mean" else 0.0
+        # rows, or that sum times (wide_codes_scale / n)^power (0.0 here means "sum")
+        self.wide_mean = cfg.wide_codes_scale if cfg.wide_codes != "sum" else 0.0
+        self.wide_power = np.float32(0.5 if cfg.wide_codes == "sqrt" else 1.0)
         f32 = {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in raw.items()}
         self._prepare(f32)
 
@@ -430,10 +431,13 @@ class NumpyBackend:
         if self.wide:
             o_px, o_med = self.wide_offsets
             parts = [dx[:, -1], px[:, -1] + o_px]
-            if self.wide_mean:  # the current codes' rows averaged (counts: the sets' column d)
+            if self.wide_mean:  # the current codes' rows scaled (counts: the sets' column d)
                 codes = self.wide_codes.take(np.concatenate(parts, axis=1), axis=0).sum(axis=1)
                 n_cur = np.maximum(sets[:, -1, 0, d] + sets[:, -1, 1, d], f1)
-                logits += codes * (np.float32(self.wide_mean) / n_cur)[:, None]
+                factor = np.float32(self.wide_mean) / n_cur
+                if self.wide_power != 1.0:
+                    factor = np.sqrt(factor)
+                logits += codes * factor[:, None]
                 parts = []
             if n_visits >= 2:
                 parts.append(med[:, -2] + o_med)

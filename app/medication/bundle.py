@@ -68,7 +68,8 @@ class StudentShape:
     max_visits: int = 10
     repeat_head: bool | None = None
     # how the wide path reads the current visit's codes (StudentConfig.wide_codes): "sum" of
-    # their rows (bundles made before the field), or "mean" times `wide_codes_scale`
+    # their rows (bundles made before the field), or that sum times (wide_codes_scale / n)
+    # to the power 1/2 ("sqrt") or 1 ("mean")
     wide_codes: str = "sum"
     wide_codes_scale: float = 1.0
 
@@ -94,8 +95,8 @@ class StudentShape:
                 raise BundleError(f"{where}.repeat_head must be true or false")
             values["repeat_head"] = data["repeat_head"]
         if "wide_codes" in data:
-            if data["wide_codes"] not in ("sum", "mean"):
-                raise BundleError(f"{where}.wide_codes must be 'sum' or 'mean'; got "
+            if data["wide_codes"] not in ("sum", "sqrt", "mean"):
+                raise BundleError(f"{where}.wide_codes must be 'sum', 'sqrt' or 'mean'; got "
                                   f"{data['wide_codes']!r}")  # fmt: skip
             values["wide_codes"] = data["wide_codes"]
         if "wide_codes_scale" in data:

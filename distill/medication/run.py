@@ -56,10 +56,11 @@ class RunConfig:
     distill: DistillConfig
     student_dim: int = 32  # 32 x 1 layer = 64 x 2 layers on inner-CV validation, half the bundle
     student_layers: int = 1
-    # the wide path over the current visit's codes: "mean" (times the cohort's mean number of
-    # codes per visit; equal to "sum" on inner-CV validation, and a visit entered with one code
-    # moves the scores as a typical visit's codes do) or "sum" (bundles made before it)
-    student_wide_codes: str = "mean"
+    # the wide path over the current visit's codes (StudentConfig.wide_codes), scaled by the
+    # cohort's mean number of codes per visit: "sqrt" ranks and calibrates visits entered with
+    # one code better than "sum" and "mean" on validation patients, and ties them on whole
+    # visits (bench/student_ablation.py)
+    student_wide_codes: str = "sqrt"
     prompt_max_items: int | None = 4  # per past-visit list, so history fits the teacher window
     online_kd: bool = False  # True: the live teacher gives features batch by batch (no cache)
     # students are trained once per seed (the teacher once per fold); the report gives the

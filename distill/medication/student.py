@@ -24,7 +24,8 @@ Model:
    visits" are added to the logits (a learned previous_visit rule); with `wide`, a per-(code, drug)
    table summed over the current diagnoses and procedures, the previous visit's drugs and the
    profile (a logistic model over code ids, which is what ~100 patients can support); with
-   `wide_codes="mean"` the current visit's code rows are averaged (times a fixed scale).
+   `wide_codes="sqrt"` (or "mean") the current visit's code rows are summed and multiplied by
+   (scale / n)^(1/2) (or ^1), so that few codes still count.
 
 `profile_embedding` and `medication_set_embedding` give the two sides of LEADER's profile
 alignment (an InfoNCE loss defined elsewhere).
@@ -44,6 +45,8 @@ from contract.files import atomic_path
 from distill.layers import MASK_VALUE, SelfAttention
 
 FORMAT = "pocketrec-leader-student/1"
+# StudentConfig.wide_codes -> the power of (scale / n) the current codes' wide rows are read with
+WIDE_CODES = {"sum": 0.0, "sqrt": 0.5, "mean": 1.0}
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,11 @@ class StudentConfig:
     # data can support; the deep path adds what it can on top. Zero-initialised.
     wide: bool = True
     # how the wide path reads the current visit's diagnoses and procedures: "sum" of their rows,
-    # or "mean" of them times `wide_codes_scale` (set to the training visits' mean number of
-    # codes, so a typical visit reads as with "sum", while a visit entered with one or two codes
-    # moves the scores as much as a typical visit's codes do together, instead of a tenth)
+    # or that sum times (wide_codes_scale / n)^p for n codes: "sqrt" (p = 1/2) or "mean" (p = 1).
+    # The scale is the training visits' mean number of codes, so a typical visit reads as with
+    # "sum", while a visit entered with one or two codes counts more than a twentieth of a
+    # typical visit ("sqrt": about a quarter at one code; "mean": all of it, which over-trusts
+    # single codes: worse than popularity on validation patients' primary diagnoses alone)
     wide_codes: str = "sum"
     wide_codes_scale: float = 1.0
 
@@ -84,8 +89,10 @@ class StudentConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if isinstance(self.dropout, bool) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
-        if self.wide_codes not in ("sum", "mean"):
-            raise ValueError(f"wide_codes must be 'sum' or 'mean'; got {self.wide_codes!r}")
+        if self.wide_codes not in WIDE_CODES:
+            raise ValueError(
+                f"wide_codes must be one of {', '.join(WIDE_CODES)}; got {self.wide_codes!r}"
+            )
         scale = self.wide_codes_scale
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
             raise ValueError(f"wide_codes_scale must be a number > 0; got {scale!r}")
@@ -243,10 +250,13 @@ class LeaderStudent(nn.Module):
         prev_med = torch.cat([torch.zeros_like(med[:, :1]), med[:, :-1]], dim=1)[:, -1]
         codes = self._wide_sum(dx[:, -1], self.dx_offset)
         codes = codes + self._wide_sum(px[:, -1], self.px_offset)
-        if self.config.wide_codes == "mean":
+        if self.config.wide_codes != "sum":
             dtype = self.wide.weight.dtype
             n = (dx[:, -1] != 0).to(dtype).sum(1) + (px[:, -1] != 0).to(dtype).sum(1)
-            codes = codes * (self.config.wide_codes_scale / n.clamp(min=1.0)).unsqueeze(-1)
+            factor = self.config.wide_codes_scale / n.clamp(min=1.0)
+            if self.config.wide_codes == "sqrt":
+                factor = factor.sqrt()
+            codes = codes * factor.unsqueeze(-1)
         return (
             codes
             + self._wide_sum(prev_med, self.med_offset)

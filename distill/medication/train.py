@@ -60,6 +60,11 @@ class DistillConfig:
     # Bayes start: what ~200 samples say about each code, before any gradient step
     wide_init: str = "counts"
     wide_init_alpha: float = 2.0
+    # what the wide L2 penalty pulls towards: "zero", or "init" (the counted start): the rows
+    # then stay near what the counts say, and a visit entered with one or two codes (which the
+    # "mean" path reads at full weight) is not scored from rows that drifted while they were
+    # only ever read one twentieth at a time
+    wide_l2_target: str = "zero"
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0:
@@ -74,6 +79,10 @@ class DistillConfig:
             raise ValueError("wide_l2 and fast_weight_decay must be >= 0")
         if self.wide_init not in ("zero", "counts"):
             raise ValueError(f"wide_init must be 'zero' or 'counts', got {self.wide_init!r}")
+        if self.wide_l2_target not in ("zero", "init"):
+            raise ValueError(
+                f"wide_l2_target must be 'zero' or 'init', got {self.wide_l2_target!r}"
+            )
         if not self.wide_init_alpha > 0:
             raise ValueError(f"wide_init_alpha must be > 0, got {self.wide_init_alpha}")
 
@@ -144,6 +153,9 @@ def train_student(
         else None
     )
     init_student(model, train["y"], cfg, train)
+    anchor = None
+    if student_cfg.wide and cfg.wide_l2_target == "init":
+        anchor = model.wide.weight.detach().clone()
     opt = _optimizer(model, projector, cfg)
 
     mean = std = None
@@ -181,7 +193,8 @@ def train_student(
                 logits, y, projected, t_feats, prof, meds, cfg.alpha, cfg.beta, cfg.temperature
             )
             if cfg.wide_l2 > 0 and student_cfg.wide:
-                loss = loss + cfg.wide_l2 * model.wide.weight.pow(2).sum()
+                drift = model.wide.weight if anchor is None else model.wide.weight - anchor
+                loss = loss + cfg.wide_l2 * drift.pow(2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -249,7 +262,7 @@ def _kind_size(model: LeaderStudent, group: int) -> int:
 
 def codes_per_visit(arrays: dict[str, np.ndarray]) -> float:
     """Mean number of distinct diagnosis and procedure ids of the current visit per sample (the
-    scale of a `wide_codes="mean"` path); label-free, 1.0 for no samples."""
+    `wide_codes_scale` of a "sqrt" or "mean" wide path); label-free, 1.0 for no samples."""
     dx, px = arrays["dx"][:, -1], arrays["px"][:, -1]
     counts = [
         len(np.unique(a[a != 0])) + len(np.unique(b[b != 0])) for a, b in zip(dx, px, strict=True)
@@ -271,10 +284,10 @@ def count_lift_table(
     (count + alpha * freq) / (samples with id + alpha); the row is logit(P) - logit(freq), so an
     id seen in few samples stays near zero. Each kind is scaled by one over its mean number of
     distinct ids per sample that has any (the wide path sums its rows; for the current visit's
-    codes with `wide_codes="mean"`, by one over the path's `wide_codes_scale`). Pad rows stay
-    zero. `prior_logits` [rows, labels] (e.g. an LLM's zero-shot knowledge per code): P shrinks
-    towards sigmoid(logit(freq) + prior) instead of freq, so a row seen in no sample is its
-    prior.
+    codes with `wide_codes` "sqrt" or "mean", by one over the path's `wide_codes_scale`). Pad
+    rows stay zero. `prior_logits` [rows, labels] (e.g. an LLM's zero-shot knowledge per code):
+    P shrinks towards sigmoid(logit(freq) + prior) instead of freq, so a row seen in no sample
+    is its prior.
     """
     y = np.asarray(train["y"], np.float64)
     n, n_labels = y.shape
@@ -295,8 +308,8 @@ def count_lift_table(
 
     current = [distinct(groups[0][0]), distinct(groups[1][0])]
     codes_per_visit = np.mean([len(a) + len(b) for a, b in zip(*current, strict=True)])
-    mean_path = getattr(model.config, "wide_codes", "sum") == "mean"
-    codes_scale = float(model.config.wide_codes_scale) if mean_path else None
+    scaled_path = getattr(model.config, "wide_codes", "sum") != "sum"
+    codes_scale = float(model.config.wide_codes_scale) if scaled_path else None
     table = np.zeros(tuple(model.wide.weight.shape), np.float64)
     for g, (ids, offset) in enumerate(groups):
         rows = current[g] if g < 2 else distinct(ids)
@@ -304,7 +317,8 @@ def count_lift_table(
         if not counts:
             continue
         # the current visit's diagnoses and procedures together add up to about one lift (with
-        # "mean", the path's own scale stands in for the count: a typical visit reads the same)
+        # "sqrt" or "mean", the path's own scale stands in for the count: a typical visit of
+        # that many codes reads the same)
         scale = (codes_scale or codes_per_visit) if g < 2 else float(np.mean(counts))
         seen = np.zeros(table.shape[0])
         hits = np.zeros(table.shape)

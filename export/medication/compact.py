@@ -149,10 +149,11 @@ def build_graph(
     tables = compact_tables(s, config)
     wide = "wide_dx" in tables
     wide_codes = _cfg(config, "wide_codes", "sum")
-    if wide_codes not in ("sum", "mean"):
-        raise ValueError(f"wide_codes must be 'sum' or 'mean'; got {wide_codes!r}")
-    # "mean": the current visit's wide rows are averaged, times this scale
-    wide_mean = float(_cfg(config, "wide_codes_scale", 1.0)) if wide_codes == "mean" else 0.0
+    if wide_codes not in ("sum", "sqrt", "mean"):
+        raise ValueError(f"wide_codes must be 'sum', 'sqrt' or 'mean'; got {wide_codes!r}")
+    # "sqrt" / "mean": the current visit's wide rows summed, times (this scale / n)^(1/2 or 1)
+    wide_mean = float(_cfg(config, "wide_codes_scale", 1.0)) if wide_codes != "sum" else 0.0
+    wide_sqrt = wide_codes == "sqrt"
     repeat = "med_to_label" in tables
 
     g = GraphBuilder()
@@ -380,8 +381,10 @@ def build_graph(
             factor = g.op(
                 "Div",
                 [g.const("wide_codes_scale", wide_mean, f32), g.op("Max", [n_cur, one], "n_cur_c")],
-                "wide_codes_factor",
+                "wide_codes_ratio" if wide_sqrt else "wide_codes_factor",
             )  # [B, 1]
+            if wide_sqrt:
+                factor = g.op("Sqrt", [factor], "wide_codes_factor")
             codes = g.op("Add", [terms.pop(-3), terms.pop(-2)], "wide_codes_sum")
             terms.insert(-1, g.op("Mul", [codes, factor], "wide_codes_mean"))
         terms.append(parts[2])
