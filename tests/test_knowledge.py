@@ -161,3 +161,27 @@ def test_cli_names_a_bad_codes_line(tmp_path, capsys):
                   "--out", str(tmp_path / "k.npz")])  # fmt: skip
     assert rc == 2
     assert "codes.tsv:2: need kind" in capsys.readouterr().err
+
+
+def test_a_killed_scoring_keeps_what_it_saved(causal_dir, tmp_path, monkeypatch):
+    """The single-process scorer saves the cache every SAVE_EVERY codes: a crash after two
+    codes (here at the third) loses only the codes since the last save."""
+    keys = [("diagnoses", "icd9cm:4019"), ("diagnoses", "icd9cm:25000"),
+            ("procedures", "icd9pcs:3995")]  # fmt: skip
+    monkeypatch.setattr(kn, "SAVE_EVERY", 2)
+    real = kn.LLMScorer.score
+    calls = {"n": 0}
+
+    def flaky(self, prompts):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two null prompts, two codes, then the third code fails
+            raise RuntimeError("killed")
+        return real(self, prompts)
+
+    monkeypatch.setattr(kn.LLMScorer, "score", flaky)
+    cache = tmp_path / "k.npz"
+    with pytest.raises(RuntimeError, match="killed"):
+        kn.code_knowledge(keys, TITLES, LABELS, causal_dir, cache, progress=False, names=NAMES)
+    phrases = kn.class_phrases(LABELS, NAMES)
+    kept = kn.KnowledgeCache(cache, kn.scorer_identity(causal_dir, phrases), phrases)
+    assert sorted(kept.rows) == sorted(keys[:2])

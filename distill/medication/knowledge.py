@@ -56,6 +56,7 @@ TEMPLATES = {
 }
 NULL_TITLES = {"diagnoses": "an unspecified condition", "procedures": "an unspecified procedure"}
 KINDS = tuple(TEMPLATES)
+SAVE_EVERY = 200  # codes between cache saves in a single process
 
 
 def class_phrases(labels: Sequence[str], names: Mapping[str, str] | None = None) -> list[str]:
@@ -272,6 +273,9 @@ def code_knowledge(
             prompt = code_prompt(kind, titles.get(code) or code.split(":", 1)[-1])
             part[i] = scorer.score([prompt])[0] - null[kind]
             bar.update(1)
+            if world == 1 and (i + 1) % SAVE_EVERY == 0:  # a killed run keeps what it scored
+                cache.add(mine[i + 1 - SAVE_EVERY : i + 1], part[i + 1 - SAVE_EVERY : i + 1])
+                cache.save({"backbone": backbone})
         bar.close()
         if world > 1:
             shard = Path(f"{cache_path}.rank{rank}.npy")
