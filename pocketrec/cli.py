@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also feed each code's ICD category, so a code the model never saw still counts "
         "through its category (default on; --no-ancestors for codes alone)",
     )
+    ds.add_argument(
+        "--title-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the students' code embeddings from the teacher's reading of the code "
+        "titles (default on; --no-title-init for random ones)",
+    )
     ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
     ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ds.set_defaults(func=cmd_distill)

@@ -136,6 +136,7 @@ def _distill_config(args: argparse.Namespace):
         seeds=seeds,
         selection=args.selection,
         features_from=str(args.features_from) if args.features_from else None,
+        title_init=args.title_init,
     )
 
 

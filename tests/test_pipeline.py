@@ -240,6 +240,8 @@ def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
             "kept": len(kept) + 2, "of": len(getattr(full, kind))
         }  # fmt: skip
         assert manifest["student_config"][f"n_{kind}"] == len(kept) + 2
+    # the manifest counts the shipped (pruned) student's parameters, the run the full one's
+    assert 0 < manifest["params"]["student"] <= combined["params"]["student"]
     assert "codes fold 0's training patients had" in (bundle / "card.md").read_text()
 
 

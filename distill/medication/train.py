@@ -133,8 +133,11 @@ def train_student(
     progress: Callable[[dict], None] | None = None,
     epochs: int | None = None,
     keep_val_scores: bool = False,
+    embeddings: np.ndarray | None = None,
 ) -> TrainResult:
     """Train one student; `teacher` maps training-sample indices to their teacher features.
+    `embeddings`: the shared embedding table's start (e.g. `code_init.code_title_table`: the
+    teacher's reading of each code's title), instead of random rows.
 
     Early stopping on `val` PR-AUC restores the best epoch. `epochs`: train exactly that many
     epochs instead and keep the last (a refit whose epoch count was chosen elsewhere; `val` is
@@ -147,6 +150,10 @@ def train_student(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = LeaderStudent(student_cfg)
+    if embeddings is not None:
+        from distill.medication.code_init import init_student_embeddings
+
+        init_student_embeddings(model, embeddings)
     projector = (
         Projector(student_cfg.dim, student_cfg.teacher_dim, mlp=cfg.projector_mlp)
         if cfg.uses_teacher
@@ -408,6 +415,7 @@ def select_by_inner_cv(
     teacher: FeatureSource | None = None,
     max_epochs: int | None = None,
     progress: Callable[[float, str], None] | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> Selection:
     """Choose the epoch count (and threshold) on out-of-fold predictions of an inner k-fold.
 
@@ -451,6 +459,7 @@ def select_by_inner_cv(
             progress=on_epoch,
             epochs=n_epochs,
             keep_val_scores=True,
+            embeddings=embeddings,
         )
         for e, scores in enumerate(res.val_scores):
             oof[e, va] = scores
@@ -475,13 +484,17 @@ def fit_selected(
     teacher: FeatureSource | None = None,
     max_epochs: int | None = None,
     progress: Callable[[float, str], None] | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> tuple[TrainResult, Selection]:
     """`select_by_inner_cv`, then a refit on all of `arrays` for the chosen epoch count."""
     sel = select_by_inner_cv(
-        arrays, patient_ids, student_cfg, cfg, k, teacher, max_epochs, progress=progress
-    )
+        arrays, patient_ids, student_cfg, cfg, k, teacher, max_epochs, progress=progress,
+        embeddings=embeddings,
+    )  # fmt: skip
     empty = _subset(arrays, np.zeros(0, dtype=np.int64))
-    res = train_student(arrays, empty, student_cfg, cfg, teacher=teacher, epochs=sel.epochs)
+    res = train_student(
+        arrays, empty, student_cfg, cfg, teacher=teacher, epochs=sel.epochs, embeddings=embeddings
+    )
     return res, sel
 
 

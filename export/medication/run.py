@@ -200,7 +200,8 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
                 "quantization": qinfo,
             },
             metrics=combined["models"],
-            params=report["params"],
+            # the shipped student's own count: its vocabulary is cut to what it trained on
+            params={**report["params"], "student": sum(p.numel() for p in model.parameters())},
             teacher=report["teacher"],
             data={
                 "source": report["source"],
