@@ -171,10 +171,12 @@ def main() -> None:
     from distill.data.config import DataConfig
     from distill.data.samples import build_samples
     from distill.data.tensors import MedVocabs, encode_samples
+    from distill.medication.export_inputs import read_trained_ids
     from distill.medication.student import load_student
     from distill.medication.teacher import load_teacher
     from export.medication.compact import export_compact
     from export.medication.graph import export_student
+    from export.medication.prune import prune_student, remap_arrays
     from export.optimize import optimize_file
     from export.quantize import quantize
 
@@ -206,6 +208,13 @@ def main() -> None:
         or "avx2"
     )
     student, scfg = load_student(args.run / "fold0" / "student_kd.safetensors")
+    trained = read_trained_ids(args.run / "fold0")
+    if trained is not None:
+        # the shipped form: the vocabulary cut to what fold 0 trained on (as `pocketrec export`)
+        student, scfg, pruning = prune_student(student, scfg, trained)
+        arrays = remap_arrays(arrays, pruning)
+        singles = [remap_arrays(x, pruning) for x in singles]
+        batch = remap_arrays(batch, pruning)
     student.eval()
 
     def torch_student(inputs):
