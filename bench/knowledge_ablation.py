@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     scfg = StudentConfig.from_vocabs(
         vocabs, dim=32, visit_layers=1, max_visits=tcfg.max_visits,
-        wide_codes="mean", wide_codes_scale=round(T.codes_per_visit(arrays), 4),
+        wide_codes="sqrt", wide_codes_scale=round(T.codes_per_visit(arrays), 4),
     )  # fmt: skip
     model = T.LeaderStudent(scfg)
     n_dx = len(vocabs.diagnoses)
