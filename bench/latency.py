@@ -119,6 +119,39 @@ def _nodes(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def encoded_samples(run: Path):
+    """The run's config, cohort, samples and their encoded arrays (as the run encoded them)."""
+    from contract.layout import TensorConfig
+    from distill.data import load_cohort
+    from distill.data.config import DataConfig
+    from distill.data.samples import build_samples
+    from distill.data.tensors import MedVocabs, encode_samples
+
+    cfg = json.loads((run / "config.json").read_text())
+    d = DataConfig(**cfg["data"])
+    cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
+    samples = build_samples(cohort, d.protocol, d.require_procedures)
+    arrays = encode_samples(samples, MedVocabs.load(run / "vocab"), TensorConfig(**cfg["tensors"]))
+    return cfg, cohort, samples, arrays
+
+
+def shipped_student(run: Path):
+    """Fold 0's KD student in the form `pocketrec export` ships: (student in eval mode, config,
+    pruning or None), its vocabulary cut to the codes fold 0 trained on where the run recorded
+    them (apply the pruning to inputs with `export.medication.prune.remap_arrays`)."""
+    from distill.medication.export_inputs import read_trained_ids
+    from distill.medication.student import load_student
+    from export.medication.prune import prune_student
+
+    student, scfg = load_student(run / "fold0" / "student_kd.safetensors")
+    pruning = None
+    trained = read_trained_ids(run / "fold0")
+    if trained is not None:
+        student, scfg, pruning = prune_student(student, scfg, trained)
+    student.eval()
+    return student, scfg, pruning
+
+
 def _prompts(samples, titles, tokenizer, max_tokens: int, max_items) -> list[str]:
     """LEADER prompts of `samples` fitted to `max_tokens` of `tokenizer` (as a run builds
     them)."""
@@ -166,28 +199,16 @@ def main() -> None:
     from app.medication.backends import NumpyBackend
     from app.medication.bundle import load_bundle
     from app.medication.encoding import trim_padding
-    from contract.layout import INPUT_NAMES, TensorConfig
-    from distill.data import load_cohort
-    from distill.data.config import DataConfig
-    from distill.data.samples import build_samples
-    from distill.data.tensors import MedVocabs, encode_samples
-    from distill.medication.export_inputs import read_trained_ids
-    from distill.medication.student import load_student
+    from contract.layout import INPUT_NAMES
     from distill.medication.teacher import load_teacher
     from export.medication.compact import export_compact
     from export.medication.graph import export_student
-    from export.medication.prune import prune_student, remap_arrays
+    from export.medication.prune import remap_arrays
     from export.optimize import optimize_file
     from export.quantize import quantize
 
     torch.set_num_threads(1)
-    cfg = json.loads((args.run / "config.json").read_text())
-    d = DataConfig(**cfg["data"])
-    cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
-    samples = build_samples(cohort, d.protocol, d.require_procedures)
-    arrays = encode_samples(
-        samples, MedVocabs.load(args.run / "vocab"), TensorConfig(**cfg["tensors"])
-    )
+    cfg, cohort, samples, arrays = encoded_samples(args.run)
     n = len(samples)
     rng = np.random.default_rng(0)
     order = rng.permutation(n)
@@ -207,15 +228,11 @@ def main() -> None:
         or (bundle.manifest["model"].get("quantization", {}).get("name") if bundle else None)
         or "avx2"
     )
-    student, scfg = load_student(args.run / "fold0" / "student_kd.safetensors")
-    trained = read_trained_ids(args.run / "fold0")
-    if trained is not None:
-        # the shipped form: the vocabulary cut to what fold 0 trained on (as `pocketrec export`)
-        student, scfg, pruning = prune_student(student, scfg, trained)
+    student, scfg, pruning = shipped_student(args.run)
+    if pruning is not None:
         arrays = remap_arrays(arrays, pruning)
         singles = [remap_arrays(x, pruning) for x in singles]
         batch = remap_arrays(batch, pruning)
-    student.eval()
 
     def torch_student(inputs):
         with torch.inference_mode():

@@ -136,6 +136,29 @@ def test_int8_graph_passes_the_parity_gates(tmp_path, preset):
     assert info["student_config"] == cfg.to_dict()
 
 
+def test_int8_tables_with_float_products_is_the_same_function():
+    """`products="fp32"` (bench/int8_crossover.py's split of the int8 cost): 8-bit tables, every
+    dense product a float one, the same outputs as the fp32 graph to 8-bit table precision,
+    closer than the full int8 graph."""
+    model, cfg = model_of(*SHAPES[0], seed=5)
+    state = state_of(model)
+    tables_only = build_graph(state, cfg, PRESETS["avx2"], products="fp32")
+    ops = {n.op_type for n in tables_only.graph.node}
+    assert not ops & {"DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear"}
+    assert {"MatMul", "Attention"} <= ops
+    q8 = [t.name for t in tables_only.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert "dx_table_q8" in q8 and "wide_dx_table_q8" in q8
+    feeds = feeds_of(cfg, 64, 5, 11)
+    ref = session(build_graph(state, cfg)).run(["logits"], feeds)[0]
+    got = session(tables_only).run(["logits"], feeds)[0]
+    full = session(build_graph(state, cfg, PRESETS["avx2"])).run(["logits"], feeds)[0]
+    spread = np.abs(ref).max()
+    assert np.abs(got - ref).max() < 0.02 * spread
+    assert np.abs(got - ref).mean() < np.abs(full - ref).mean()
+    with pytest.raises(ValueError, match="products must be one of"):
+        build_graph(state, cfg, PRESETS["avx2"], products="int4")
+
+
 def test_int8_count_and_repeat_tables_stay_exact():
     """Counts (the masked means' denominators) and the repeat head's 0/1 table are integers:
     8-bit storage must not round them."""
