@@ -48,8 +48,9 @@ NEW: dict = {}  # today's DistillConfig defaults
 
 def variants(features: bool) -> list[tuple[str, dict]]:
     """(name, settings): `distill` for DistillConfig, `codes` for StudentConfig.wide_codes,
-    `epochs`, `ancestors`, `title` (initial embeddings from the teacher's reading of the
-    titles), `one_code` (also score visits cut to their primary diagnosis)."""
+    `dim` for its width (default 32), `epochs`, `ancestors`, `title` (initial embeddings from
+    the teacher's reading of the titles), `one_code` (also score visits cut to their primary
+    diagnosis)."""
     new = {"distill": NEW, "epochs": 20, "ancestors": True, "one_code": True}
     out = [
         ("old default (sum, 12 epochs)", {"distill": OLD, "epochs": 12}),
@@ -63,6 +64,10 @@ def variants(features: bool) -> list[tuple[str, dict]]:
             "new + SmolLM2 title embeddings",
             {**new, "codes": "sqrt", "one_code": False, "title": "smollm2"},
         ),  # fmt: skip
+        # the width, against the new default's 32 (the int8 graph only beats its own fp32
+        # form from width 128: bench/int8_crossover.py)
+        ("new default, width 64", {**new, "codes": "sqrt", "one_code": False, "dim": 64}),
+        ("new default, width 128", {**new, "codes": "sqrt", "one_code": False, "dim": 128}),
     ]
     if features:
         kd = {**NEW, "alpha": 0.3, "beta": 0.1}
@@ -133,7 +138,7 @@ def main(argv=None) -> dict:
         codes = v.get("codes", "sum")
         scfg = StudentConfig.from_vocabs(
             vocabs,
-            dim=32,
+            dim=v.get("dim", 32),
             visit_layers=1,
             max_visits=tcfg.max_visits,
             teacher_dim=feats.shape[1] if feats is not None else 384,
