@@ -131,7 +131,6 @@ class TimelineEntry:
     bundle_name: str
 
 
-
 def preferred_system(bundle, kind: str) -> str:
     """The ICD version shown first: the bundle's data source's (MIMIC-III: ICD-9, MIMIC-IV
     and Synthea: ICD-10), else the one most of its vocabulary uses."""
@@ -149,6 +148,7 @@ def code_index_of(bundle, kind: str) -> CodeIndex:
     return dictionary_index(
         kind, bundle.vocabs[kind], bundle.titles, preferred=preferred_system(bundle, kind)
     )
+
 
 class MedicationState:
     """The clinic for one UI session; see the module docstring."""
