@@ -31,7 +31,8 @@ def free_port() -> int:
 class AppServer:
     """`app.main.run(web=True, ...)` in its own process group on a free 127.0.0.1 port; the DB
     (pocketrec.db) and the server log (server.log) go to `folder`. `env` is added to the
-    server's environment, `run_args` to its `run(...)` call."""
+    server's environment, `run_args` to its `run(...)` call; `port`: a given port (as a kiosk
+    keeps one, so that the browser's cache of the app's files applies), else a free one."""
 
     def __init__(
         self,
@@ -41,8 +42,9 @@ class AppServer:
         run_args: dict | None = None,
         poll_s: float = 0.05,
         stop_timeout_s: float = 15.0,
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}/"
         self.db = folder / "pocketrec.db"
         self.log_path = folder / "server.log"
