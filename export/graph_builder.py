@@ -180,22 +180,8 @@ class Weights:
                 return g.op("Gemm", [x, w, b], base, outputs=outputs)
             y = g.op("MatMul", [x, w], f"{base}_mm")
             return g.op("Add", [y, b], base, outputs=outputs)
-        p = self.preset
-        bits = 7 if p.reduce_range else 8
-        if p.per_channel:
-            q, scale = symmetric(w_t, axis=1, bits=bits)
-        else:
-            top = 2 ** (bits - 1) - 1
-            peak = float(np.abs(w_t).max()) or 1.0
-            scale = np.float32(peak / top)
-            q = np.clip(np.rint(w_t / scale), -top, top).astype(np.int64)
-        if p.weight_type == "uint8":
-            qw = g.const(f"{base}_wq", q + 128, np.uint8)
-            zp = g.const(f"{base}_wzp", np.full(np.shape(scale), 128), np.uint8)
-        else:
-            qw = g.const(f"{base}_wq", q, np.int8)
-            zp = g.const(f"{base}_wzp", np.zeros(np.shape(scale)), np.int8)
-        inputs = [x, qw, g.const(f"{base}_wscale", scale, np.float32), zp]
+        qw, scale, zp = self._weight(base, w_t)
+        inputs = [x, qw, scale, zp]
         if bias is not None:
             inputs.append(g.const(f"{base}_b", bias, np.float32))
         self.quantized_products += 1
