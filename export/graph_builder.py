@@ -24,7 +24,7 @@ import numpy as np
 MS_DOMAIN = "com.microsoft"
 PRODUCTS = ("dynamic", "fp32")
 
-__all__ = ["MS_DOMAIN", "PRODUCTS", "GraphBuilder", "Weights", "symmetric"]
+__all__ = ["MS_DOMAIN", "PRODUCTS", "GraphBuilder", "Weights", "column_int8", "symmetric"]
 
 
 class GraphBuilder:
@@ -91,6 +91,20 @@ def symmetric(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.n
     return q.astype(np.int64), scale.astype(np.float32)
 
 
+def column_int8(table: np.ndarray, scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """`table` [N, W] as int8 with one scale per column: `scale`, or max |column| / 127 with
+    the integer columns (counts, 0/1 tables) kept exact at scale 1. Returns (q int8, scale
+    float32)."""
+    table = np.asarray(table, np.float64)
+    if scale is None:
+        _, scale = symmetric(table, axis=1)
+        exact = np.all(table == np.rint(table), axis=0) & (np.abs(table).max(axis=0) <= 127)
+        scale = np.where(exact, 1.0, scale)
+    scale = np.asarray(scale, np.float64)
+    q = np.clip(np.rint(table / scale[None, :]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
 class Weights:
     """Puts tables and products into the graph, as fp32 or 8-bit per the preset."""
 
@@ -109,13 +123,8 @@ class Weights:
         with scale 1). Returns (name, scale or None)."""
         if self.preset is None:
             return self.g.const(base, table, np.float32), None
-        if scale is None:
-            q, scale = symmetric(table, axis=1)
-            exact = np.all(table == np.rint(table), axis=0) & (np.abs(table).max(axis=0) <= 127)
-            scale = np.where(exact, 1.0, scale)
-        scale = np.asarray(scale, np.float64)
-        q = np.clip(np.rint(table / scale[None, :]), -127, 127)
-        return self.g.const(f"{base}_q8", q, np.int8), scale.astype(np.float32)
+        q, scale = column_int8(table, scale)
+        return self.g.const(f"{base}_q8", q, np.int8), scale
 
     def gather_sum(self, base: str, table: str, ids: str, axes: str, keepdims: int) -> str:
         """ReduceSum over `axes` of the rows of `table` at `ids` (in the table's own units:

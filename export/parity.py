@@ -167,3 +167,69 @@ def check_integer_ops(int8_path: Path) -> dict:
     if failures:
         raise ParityError(f"integer_ops in {Path(int8_path).name}: " + "; ".join(failures), report)
     return report
+
+
+def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
+    """A weight-only int8 file (`export.medication.compact.weights_only`): raise unless it
+    stores its weights in 8 bits and ONNX Runtime restores them when the session is made.
+
+    Passes when no float initializer of at least `min_elements` values is left in the file, at
+    least one 8-bit initializer is, and the graph the session runs (ONNX Runtime's optimised
+    graph, saved to a temporary file) holds no 8-bit initializer any more: every restore was
+    folded, so no call pays for a conversion."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+    def survey(model) -> tuple[int, int, list[str]]:
+        n8 = bytes8 = 0
+        big_floats = []
+        for t in model.graph.initializer:
+            size = int(np.prod(t.dims, dtype=np.int64))
+            if t.data_type in eight_bit:
+                n8, bytes8 = n8 + 1, bytes8 + size
+            elif t.data_type == onnx.TensorProto.FLOAT and size >= min_elements:
+                big_floats.append(t.name)
+        return n8, bytes8, big_floats
+
+    n8, bytes8, big_floats = survey(onnx.load(str(int8_path)))
+    with tempfile.TemporaryDirectory(prefix="pocketrec-loaded-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp) / "loaded.onnx")
+        ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
+        loaded = onnx.load(opts.optimized_model_filepath)
+    left8, _, _ = survey(loaded)
+    report = {
+        "check": "weights_8bit",
+        "eight_bit_initializers": n8,
+        "eight_bit_values": bytes8,
+        "float_initializers_at_or_over_min": len(big_floats),
+        "min_elements": min_elements,
+        "eight_bit_initializers_after_load": left8,
+        "nodes_in_file": len(onnx.load(str(int8_path)).graph.node),
+        "nodes_after_load": len(loaded.graph.node),
+        "file_bytes": Path(int8_path).stat().st_size,
+    }
+    failures = []
+    if big_floats:
+        failures.append(
+            f"{len(big_floats)} float initializers of >= {min_elements} values left (limit 0): "
+            + ", ".join(big_floats[:5])
+        )
+    if n8 < 1:
+        failures.append("no 8-bit initializer in the file (need >= 1)")
+    if left8:
+        failures.append(
+            f"{left8} 8-bit initializers are still converted per call after loading (limit 0): "
+            "ONNX Runtime did not fold their restores"
+        )
+    report["passed"] = not failures
+    report["failures"] = failures
+    if failures:
+        raise ParityError(f"weights_8bit in {Path(int8_path).name}: " + "; ".join(failures), report)
+    return report

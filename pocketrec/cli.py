@@ -22,6 +22,15 @@ from pocketrec.train_commands import (
     cmd_pipeline,
 )
 
+# medication runs: the form of the shipped int8 file (export.medication.compact.INT8_FORMS)
+INT8_OPTION = {
+    "default": "weights",
+    "choices": ["weights", "dynamic"],
+    "help": "medication runs: the int8 file's form: weights (8-bit storage, float compute once "
+    "loaded, the default) or dynamic (integer products per --preset); news runs always use "
+    "dynamic",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from distill.data import FORMATS, SOURCES
@@ -142,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", required=True, help="folder of a finished `pocketrec distill` run")
     ex.add_argument("--out", required=True, help="bundle folder to write")
     ex.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    ex.add_argument("--int8", **INT8_OPTION)
     ex.add_argument(
         "--data",
         type=Path,
@@ -156,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest not in ("help", "domain") and action.option_strings:
             pl._add_action(action)
     pl.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    pl.add_argument("--int8", **INT8_OPTION)
     pl.set_defaults(func=cmd_pipeline)
 
     rc = sub.add_parser("recommend", help="score one visit with a bundle (app extra only)")

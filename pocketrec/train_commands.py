@@ -151,7 +151,9 @@ def _run_domain(run: Path) -> str:
     return report.get("domain", "medication") if isinstance(report, dict) else "medication"
 
 
-def _export(run: Path, out: Path, preset: str, force: bool, data: Path | None) -> int:
+def _export(
+    run: Path, out: Path, preset: str, force: bool, data: Path | None, int8: str = "weights"
+) -> int:
     from export.parity import ParityError
 
     if data is not None:
@@ -173,7 +175,7 @@ def _export(run: Path, out: Path, preset: str, force: bool, data: Path | None) -
             return 0
         from export.medication.run import export_run
 
-        report = export_run(run, out, preset=preset, force=force)
+        report = export_run(run, out, preset=preset, force=force, int8_form=int8)
     except (FileNotFoundError, ValueError, ParityError) as e:
         return _fail(f"export: {e}")
     m = report["models"]["student_int8"]
@@ -182,7 +184,7 @@ def _export(run: Path, out: Path, preset: str, force: bool, data: Path | None) -
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    return _export(Path(args.run), Path(args.out), args.preset, args.force, args.data)
+    return _export(Path(args.run), Path(args.out), args.preset, args.force, args.data, args.int8)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -193,7 +195,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     rc = cmd_distill(args)
     if rc:
         return rc
-    rc = _export(out / "run", out / "bundle", args.preset, args.force, None)
+    rc = _export(out / "run", out / "bundle", args.preset, args.force, None, args.int8)
     if rc:
         return rc
     # the run's report plus what the export measured (student_int8, sizes, parity)

@@ -25,3 +25,16 @@ def test_cli_starts_without_pandas_or_torch():
     r = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "light-ok" in r.stdout
+
+
+def test_export_and_pipeline_take_the_int8_form(capsys):
+    import pytest
+
+    from pocketrec.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "--run", "r", "--out", "o"]).int8 == "weights"
+    assert parser.parse_args(["pipeline", "--out", "o", "--int8", "dynamic"]).int8 == "dynamic"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--run", "r", "--out", "o", "--int8", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err

@@ -16,11 +16,16 @@ ort = pytest.importorskip("onnxruntime")
 from app.medication.backends import NumpyBackend, OrtBackend  # noqa: E402
 from contract.layout import INPUT_NAMES  # noqa: E402
 from distill.medication.student import LeaderStudent, StudentConfig  # noqa: E402
-from export.medication.compact import build_graph, export_compact, state_of  # noqa: E402
+from export.medication.compact import (  # noqa: E402
+    WEIGHT_MIN_ELEMENTS,
+    build_graph,
+    export_compact,
+    state_of,
+)
 from export.medication.graph import check_graph, example_inputs, export_student  # noqa: E402
 from export.medication.parity import parity_report  # noqa: E402
 from export.medication.weights import save_numpy_weights  # noqa: E402
-from export.parity import check_integer_ops  # noqa: E402
+from export.parity import ParityError, check_integer_ops, check_weight_storage  # noqa: E402
 from export.quantize import PRESETS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,12 +120,13 @@ def test_the_compact_graph_has_a_third_of_the_nodes(tmp_path):
 def test_int8_graph_passes_the_parity_gates(tmp_path, preset):
     model, cfg = model_of(*SHAPES[0], seed=3)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    info, record = export_compact(model, cfg, fp32, int8, preset)
+    info, record = export_compact(model, cfg, fp32, int8, preset, form="dynamic")
     feeds = feeds_of(cfg, 96, 5, 7)
     y = (np.random.default_rng(0).random((96, cfg.n_labels)) < 0.15).astype(np.float32)
-    report = parity_report(model, fp32, int8, feeds, y, threshold=0.5)
+    report = parity_report(model, fp32, int8, feeds, y, threshold=0.5)  # int8_form "dynamic"
     assert report["passed"]
     assert report["torch_vs_onnx"]["max_abs_diff"]["logits"] < 1e-4
+    assert record["form"] == "dynamic"
     ints = check_integer_ops(int8)
     assert ints["float_weight_matmuls"] == 0 and ints["integer_product_ops"] >= 4
     # 8-bit weights of the preset's type; the file is a fraction of the fp32 one
@@ -172,10 +178,54 @@ def test_int8_count_and_repeat_tables_stay_exact():
     assert hot.dtype == np.uint8 and set(np.unique(hot)) <= {0, 1}
 
 
-def test_numpy_backend_agrees_with_the_compact_graphs(tmp_path):
+def test_weights_form_stores_8_bits_and_runs_the_fp32_graph(tmp_path):
+    """The shipped form: every table and weight matrix 8-bit in the file (a third of the fp32
+    file's bytes), restored when the session is made, so the session runs exactly the fp32
+    graph's nodes; the gates pass, closer to fp32 than the integer-product form."""
+    model, cfg = model_of(*SHAPES[0], seed=3)
+    fp32, int8, dyn = (tmp_path / f"{n}.onnx" for n in ("fp32", "int8", "dynamic"))
+    _, record = export_compact(model, cfg, fp32, int8, "avx2")
+    export_compact(model, cfg, tmp_path / "fp32b.onnx", dyn, "avx2", form="dynamic")
+    assert record["form"] == "weights" and record["name"] == "int8-weights"
+    assert record["preset"] is None
+    assert record["output"]["bytes"] < 0.35 * record["source"]["bytes"]
+    stored = check_weight_storage(int8, WEIGHT_MIN_ELEMENTS)
+    assert stored["eight_bit_initializers"] >= 10
+    assert stored["eight_bit_initializers_after_load"] == 0
+    assert stored["nodes_after_load"] <= len(onnx.load(str(fp32)).graph.node)
+    assert stored["nodes_in_file"] > stored["nodes_after_load"]  # the restores were folded
+    feeds = feeds_of(cfg, 96, 5, 7)
+    y = (np.random.default_rng(0).random((96, cfg.n_labels)) < 0.15).astype(np.float32)
+    report = parity_report(model, fp32, int8, feeds, y, threshold=0.5, int8_form="weights")
+    assert report["passed"] and "weights_8bit" in report and "integer_ops" not in report
+    assert report["summary"]["eight_bit_initializers_after_load"] == 0
+    ref = session(fp32).run(["logits"], feeds)[0]
+    err_w = np.abs(session(int8).run(["logits"], feeds)[0] - ref).mean()
+    err_d = np.abs(session(dyn).run(["logits"], feeds)[0] - ref).mean()
+    assert 0 < err_w < err_d
+    # the count columns stay exact in 8 bits
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer}
+    assert np.all(inits["dx_table_scale"][-1] == 1.0) and np.all(inits["dx_table_q8"][1:, 32] == 1)
+
+
+def test_weight_storage_gate_refuses_float_or_per_call_conversion(tmp_path):
+    model, cfg = model_of(*SHAPES[0], seed=3)
+    fp32, dyn = tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx"
+    export_compact(model, cfg, fp32, dyn, "avx2", form="dynamic")
+    with pytest.raises(ParityError, match="float initializers of >= 1024 values left"):
+        check_weight_storage(fp32, WEIGHT_MIN_ELEMENTS)
+    # the integer-product form reads its 8-bit tables per call: not a storage-only file
+    with pytest.raises(ParityError, match="still converted per call"):
+        check_weight_storage(dyn, WEIGHT_MIN_ELEMENTS)
+    with pytest.raises(ValueError, match="form must be one of weights, dynamic"):
+        export_compact(model, cfg, fp32, dyn, "avx2", form="int4")
+
+
+@pytest.mark.parametrize("form", ["weights", "dynamic"])
+def test_numpy_backend_agrees_with_the_compact_graphs(tmp_path, form):
     model, cfg = model_of(*SHAPES[0], seed=5)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    export_compact(model, cfg, fp32, int8, "avx2")
+    export_compact(model, cfg, fp32, int8, "avx2", form=form)
     save_numpy_weights(model, cfg, tmp_path / "w.npz")
     engine = NumpyBackend(tmp_path / "w.npz", cfg.to_dict())
     ort32, ort8 = OrtBackend(fp32), OrtBackend(int8)

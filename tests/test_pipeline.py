@@ -243,6 +243,19 @@ def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
     # the manifest counts the shipped (pruned) student's parameters, the run the full one's
     assert 0 < manifest["params"]["student"] <= combined["params"]["student"]
     assert "codes fold 0's training patients had" in (bundle / "card.md").read_text()
+    # the default int8 file stores 8-bit weights that the session restores; `int8_form="dynamic"`
+    # (`--int8 dynamic`) ships integer products instead, each behind its own gate
+    assert results["export"]["int8_form"] == "weights"
+    assert manifest["model"]["quantization"]["form"] == "weights"
+    assert results["export"]["parity_fold0"]["weights_8bit"]["passed"]
+    dynamic = tmp_path / "dynamic"
+    export_run(out, dynamic, int8_form="dynamic")
+    results = json.loads(export_json_path(dynamic).read_text())
+    assert results["export"]["parity_fold0"]["integer_ops"]["integer_product_ops"] >= 4
+    manifest = json.loads((dynamic / "manifest.json").read_text())
+    assert manifest["model"]["quantization"]["name"] == "avx2"
+    with pytest.raises(ValueError, match="unknown int8 form 'int4'"):
+        export_run(out, tmp_path / "nope", int8_form="int4")
 
 
 @pytest.mark.slow

@@ -80,11 +80,15 @@ def model_card(manifest: dict, labels: list[dict]) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     parity = m.get("parity", {})
+    quant = m["model"].get("quantization", {})
+    if quant.get("form") == "weights":
+        how = "int8 weights (8-bit in the file, restored to float when the session is made)"
+    else:
+        how = f"int8 quantisation preset `{quant.get('name', '?')}`"
     lines += [
         "",
         "## Export",
-        f"ONNX opset {m['model'].get('opset')}, int8 quantisation preset "
-        f"`{m['model'].get('quantization', {}).get('name', '?')}`. Parity on held-out samples: "
+        f"ONNX opset {m['model'].get('opset')}, {how}. Parity on held-out samples: "
         + json.dumps(parity.get("summary", parity), sort_keys=True),
         "",
         "## Known limits",

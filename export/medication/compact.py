@@ -23,20 +23,27 @@ The graph contract is `export.medication.graph`'s (same input and output names, 
 dynamic); `check_graph` is run on the result. The com.microsoft ops used are in ONNX Runtime's
 default CPU build (the quantized student already needed the domain).
 
-`build_graph(state, config)` is the fp32 graph; with a `QuantizationPreset` it is the int8
-graph that `pocketrec export` ships (`export_compact` writes both): every table 8-bit with one
-scale per column, summed as integers and scaled after the sum (the count columns and the repeat
-head's 0/1 table are exact; the wide tables share one scale per label, applied once to the
-logits), and every dense product an integer one (`DynamicQuantizeMatMul`, `QAttention`: int8
-weights per output channel, activations quantized on the fly); see `export.graph_builder`.
-`products="fp32"` keeps the dense products in fp32 (8-bit tables only), for measurements.
+`build_graph(state, config)` is the fp32 graph. `pocketrec export` ships it as an int8 file in
+one of two forms (`export_compact` writes the fp32 graph and the int8 file):
 
-Measured (bench/latency.py, one thread, batch 1): at this size an integer product costs more
-than the fp32 one it replaces (the activation's quantisation is a fixed cost), so the int8
-graph is faster than every fp32 graph the exporter and ONNX Runtime's optimiser make, but not
-faster than this same compact graph in fp32; its point is the size (a quarter) at no
-measurable loss (the parity gates). `bench/int8_crossover.py`: int8 turns faster than fp32 from
-width 128 (0.92x there, 0.57x at 256); the shipped width, 32, is the best on validation.
+- "weights" (the default, `weights_only`): the fp32 graph with every table and weight matrix
+  stored 8-bit, one scale per column (integer columns exact), restored by a Cast and a Mul on
+  the initializers, which ONNX Runtime folds when the session is made: a quarter of the fp32
+  file, and the session then runs the fp32 graph (same speed, float accuracy but for the 8-bit
+  rounding of the weights);
+- "dynamic" (`build_graph(state, config, preset)`): every table 8-bit with one scale per column,
+  summed as integers and scaled after the sum (the count columns and the repeat head's 0/1
+  table exact; the wide tables share one scale per label, applied once to the logits), and
+  every dense product an integer one (`DynamicQuantizeMatMul`, `QAttention`: int8 weights per
+  output channel, activations quantized per call); see `export.graph_builder`.
+  `products="fp32"` keeps the dense products in fp32 (8-bit tables only), for measurements.
+
+Measured (bench/latency.py and bench/int8_crossover.py, one thread, batch 1): at the shipped
+width (32) an integer product costs more than the float one it replaces (the activation's
+quantisation is a fixed cost) and an 8-bit table read needs a conversion node, so the
+"dynamic" file is 16% slower than the fp32 graph, and "weights" runs at the fp32 graph's speed;
+integer products pay from width 128 (0.92x the fp32 time there, 0.57x at 256), and width 32 is
+the best on validation.
 """
 
 from __future__ import annotations
@@ -48,21 +55,35 @@ from pathlib import Path
 import numpy as np
 
 from contract.layout import INPUT_NAMES, LABEL_OFFSET
-from export.graph_builder import MS_DOMAIN, PRODUCTS, GraphBuilder, Weights, symmetric
+from export.graph_builder import (
+    MS_DOMAIN,
+    PRODUCTS,
+    GraphBuilder,
+    Weights,
+    column_int8,
+    symmetric,
+)
 from export.onnx import OPSET
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which the student uses
 INT64_MAX = np.iinfo(np.int64).max
 FORMAT = "pocketrec-leader-student-compact/1"
+# the int8 file's forms: "weights" (8-bit storage, restored to float when the session is made;
+# what `pocketrec export` ships) and "dynamic" (8-bit tables summed as integers, integer dense
+# products with activations quantised per call)
+INT8_FORMS = ("weights", "dynamic")
+WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers (biases, norms, the slot table) stay float
 
 __all__ = [
     "FORMAT",
+    "INT8_FORMS",
     "PRODUCTS",
     "build_graph",
     "compact_tables",
     "export_compact",
     "save_graph",
     "state_of",
+    "weights_only",
 ]
 
 
@@ -423,6 +444,49 @@ def build_graph(
     return model
 
 
+def weights_only(model, min_elements: int = WEIGHT_MIN_ELEMENTS):
+    """A copy of the fp32 compact graph `model` whose tables and weight matrices (every 2-D
+    float initializer of at least `min_elements` values) are stored int8, one scale per column
+    (integer columns exact), each restored by a Cast and a Mul at the head of the graph.
+
+    Their inputs are all initializers, so ONNX Runtime's constant folding turns them back into
+    the float tables when a session is created: the file is the int8 graph's size and the
+    session runs the fp32 graph (`export.parity.check_weight_storage` checks both)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept, restore = [], []
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype != np.float32 or arr.ndim != 2 or arr.size < min_elements:
+            kept.append(init)
+            continue
+        q, scale = column_int8(arr)
+        name = init.name
+        kept += [
+            numpy_helper.from_array(q, f"{name}_q8"),
+            numpy_helper.from_array(scale, f"{name}_scale"),
+        ]
+        restore += [
+            helper.make_node(
+                "Cast", [f"{name}_q8"], [f"{name}_f"], name=f"n_{name}_f", to=TensorProto.FLOAT
+            ),
+            helper.make_node(
+                "Mul", [f"{name}_f", f"{name}_scale"], [name], name=f"n_{name}_restore"
+            ),
+        ]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(restore + nodes)
+    onnx.checker.check_model(out)
+    return out
+
+
 def save_graph(model, path: Path, meta: Mapping[str, str]) -> dict:
     """Write `model` to `path` with `meta` as its metadata (atomically); returns a summary."""
     from contract.files import atomic_write_bytes
@@ -435,14 +499,18 @@ def save_graph(model, path: Path, meta: Mapping[str, str]) -> dict:
     return describe(path)
 
 
-def export_compact(model, config, fp32_path: Path, int8_path: Path, preset="avx2") -> tuple:
+def export_compact(
+    model, config, fp32_path: Path, int8_path: Path, preset="avx2", form: str = "weights"
+) -> tuple:
     """Write the student `model` (with its `config`) as the compact fp32 graph at `fp32_path`
-    and the compact int8 graph (per the quantization `preset`, a name or preset) at
-    `int8_path`; both are checked against the graph contract (`graph.check_graph`).
+    and its int8 file at `int8_path` in the `form` of `INT8_FORMS`: "weights" (`weights_only`:
+    8-bit storage, float compute once loaded; the `preset` is not used) or "dynamic" (integer
+    products per the quantization `preset`, a name or preset); both graphs are checked against
+    the graph contract (`graph.check_graph`).
 
     Returns (fp32 info, quantization record): `describe` of the fp32 file plus the student
-    config, and a record like `export.quantize.quantize`'s (preset, versions, node counts,
-    both files' names, sizes, sha256 and op counts)."""
+    config, and a record like `export.quantize.quantize`'s (name, form, preset, versions, node
+    counts, both files' names, sizes, sha256 and op counts)."""
     import hashlib
 
     import onnx
@@ -452,7 +520,9 @@ def export_compact(model, config, fp32_path: Path, int8_path: Path, preset="avx2
     from export.medication.graph import check_graph
     from export.quantize import get_preset
 
-    preset = get_preset(preset)
+    if form not in INT8_FORMS:
+        raise ValueError(f"form must be one of {', '.join(INT8_FORMS)}; got {form!r}")
+    preset = get_preset(preset) if form == "dynamic" else None
     state = state_of(model)
     meta = {
         "pocketrec.format": FORMAT,
@@ -464,22 +534,40 @@ def export_compact(model, config, fp32_path: Path, int8_path: Path, preset="avx2
     fp32 = build_graph(state, config)
     check_graph(fp32)
     info = save_graph(fp32, Path(fp32_path), meta)
-    int8 = build_graph(state, config, preset)
+    if preset is None:
+        int8 = weights_only(fp32)
+        described = {
+            "name": "int8-weights",
+            "form": form,
+            "min_elements": WEIGHT_MIN_ELEMENTS,
+        }
+        how = {
+            "tables": "int8, one scale per column (integer columns exact), restored to float "
+            "by Cast + Mul on the initializers, which ONNX Runtime folds when the session is made",
+            "products": "float (the session runs the fp32 graph)",
+        }
+    else:
+        int8 = build_graph(state, config, preset)
+        described = preset.to_dict() | {"form": form}
+        how = {
+            "tables": "int8, one scale per column (the 0/1 repeat table uint8, exact)",
+            "products": "DynamicQuantizeMatMul / QAttention (int8 weights, activations on the fly)",
+        }
     check_graph(int8)
-    qmeta = meta | {"pocketrec.quantization": json.dumps(preset.to_dict(), sort_keys=True)}
+    qmeta = meta | {"pocketrec.quantization": json.dumps(described, sort_keys=True)}
     qinfo = save_graph(int8, Path(int8_path), qmeta)
     if hasattr(config, "to_dict"):
         info["student_config"] = config.to_dict()
     data = Path(int8_path).read_bytes()
     record = {
-        "name": preset.name,
-        "preset": preset.to_dict(),
+        "name": described["name"],
+        "form": form,
+        "preset": preset.to_dict() if preset is not None else None,
         "quantizer": "export.medication.compact",
         "graph": "compact",
         "onnxruntime": onnxruntime.__version__,
         "onnx": onnx.__version__,
-        "tables": "int8, one scale per column (the 0/1 repeat table uint8, exact)",
-        "products": "DynamicQuantizeMatMul / QAttention (int8 weights, activations on the fly)",
+        **how,
         "optimization": {
             "enabled": True,
             "nodes": {"fp32": len(fp32.graph.node), "shipped": len(int8.graph.node)},

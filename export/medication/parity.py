@@ -1,5 +1,6 @@
 """Parity gates for a shipped medication student: torch vs fp32 ONNX, int8 vs fp32, and "is it
-int8 at all".
+int8 at all" (integer products for the "dynamic" form; for the "weights" form, 8-bit storage that
+ONNX Runtime restores when the session is made).
 
 Every check runs real onnxruntime sessions (CPU provider) and returns a JSON-able report with
 its numbers and limits; a failed check raises `ParityError`, whose message carries the numbers
@@ -30,6 +31,7 @@ from export.parity import (
     ParityError,
     check_integer_ops,
     check_outputs_match,
+    check_weight_storage,
     session,
     sigmoid,
     top_k_overlap,
@@ -214,7 +216,23 @@ def _summary(out: dict) -> dict:
         summary["n_samples"] = q["n_samples"]
     if "integer_product_ops" in i:
         summary["integer_product_ops"] = i["integer_product_ops"]
+    w = out.get("weights_8bit", {})
+    if "eight_bit_initializers" in w:
+        summary["eight_bit_initializers"] = w["eight_bit_initializers"]
+        summary["eight_bit_initializers_after_load"] = w["eight_bit_initializers_after_load"]
     return summary
+
+
+def storage_check(int8_path: Path, int8_form: str):
+    """(name, check) of the "is it int8" gate for an int8 file of `int8_form`
+    (`export.medication.compact.INT8_FORMS`)."""
+    from export.medication.compact import INT8_FORMS, WEIGHT_MIN_ELEMENTS
+
+    if int8_form not in INT8_FORMS:
+        raise ValueError(f"int8_form must be one of {', '.join(INT8_FORMS)}; got {int8_form!r}")
+    if int8_form == "weights":
+        return "weights_8bit", lambda: check_weight_storage(int8_path, WEIGHT_MIN_ELEMENTS)
+    return "integer_ops", lambda: check_integer_ops(int8_path)
 
 
 def parity_report(
@@ -228,10 +246,12 @@ def parity_report(
     *,
     atol: float = TORCH_ATOL,
     raise_on_failure: bool = True,
+    int8_form: str = "dynamic",
 ) -> dict:
     """All three checks on the same held-out `inputs`, as one JSON-able dict.
 
-    Keys: "torch_vs_onnx", "int8_vs_fp32", "integer_ops" (each check's report, with
+    Keys: "torch_vs_onnx", "int8_vs_fp32", "integer_ops" or, for `int8_form="weights"`,
+    "weights_8bit" (each check's report, with
     "passed"), "passed", "summary" (the headline numbers, flat) and "onnxruntime" (version).
     Every check runs even if an earlier one fails; with `raise_on_failure` a failure then
     raises one ParityError listing every failed check (`.report` is the whole dict).
@@ -246,7 +266,7 @@ def parity_report(
                 fp32_path, int8_path, inputs, y_true, threshold, ddi_pairs=ddi_pairs
             ),
         ),
-        ("integer_ops", lambda: check_integer_ops(int8_path)),
+        storage_check(int8_path, int8_form),
     )
     out: dict = {"onnxruntime": onnxruntime.__version__}
     errors = []

@@ -5,7 +5,9 @@ The shipped student is fold 0's KD student: trained on the other folds' patients
 held-out (validation and test) patients are truly held out for the int8-vs-fp32 parity check.
 Every fold's student is quantized too, so the `student_int8` row is measured the same way as the
 run's other models. Each student is written as the compact graph of
-`export.medication.compact` (fp32 for the parity reference, int8 per the preset for the bundle).
+`export.medication.compact` (fp32 for the parity reference; for the bundle, int8 in the form
+asked: 8-bit weights restored to float when loaded, by default, or integer products per the
+preset).
 
 Export reads only the run folder (`distill.medication.export_inputs` lists what the run keeps
 for it) and never writes into it: its results go to ``<bundle>.export.json`` beside the bundle
@@ -101,10 +103,17 @@ def _read_report(run_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool = False) -> dict:
-    """Export the run at `run_dir` to the bundle `out_dir`; returns the combined report (the
-    run's report plus `student_int8`, `size_bytes` and `export`)."""
-    from export.medication.compact import export_compact
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    preset: str = "avx2",
+    force: bool = False,
+    int8_form: str = "weights",
+) -> dict:
+    """Export the run at `run_dir` to the bundle `out_dir`, each student's int8 file in
+    `int8_form` (`export.medication.compact.INT8_FORMS`; `preset` applies to "dynamic"); returns
+    the combined report (the run's report plus `student_int8`, `size_bytes` and `export`)."""
+    from export.medication.compact import INT8_FORMS, export_compact
     from export.medication.parity import parity_report
     from export.medication.weights import save_numpy_weights
     from export.quantize import PRESETS
@@ -113,6 +122,10 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
     report = _read_report(run_dir)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if int8_form not in INT8_FORMS:
+        raise ValueError(
+            f"unknown int8 form {int8_form!r}; expected one of {', '.join(INT8_FORMS)}"
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} is not empty; pass --force to replace it")
     cfg = read_config(run_dir)
@@ -139,16 +152,15 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
                 held = Heldout(remap_arrays(held.arrays, pruning), held.sample_ids,
                                held.n_validation)  # fmt: skip
             fp32, int8 = tmp / f"fold{fold}.fp32.onnx", tmp / f"fold{fold}.int8.onnx"
-            info, qinfo = export_compact(model, scfg, fp32, int8, PRESETS[preset])
+            info, qinfo = export_compact(model, scfg, fp32, int8, PRESETS[preset], int8_form)
             test = held.test
             probs = _ort_probs(int8, test)
             per_fold.append(ev.medication_scores(test["y"], probs, probs >= threshold, ddi_idx))
             if fold == 0:
                 # every sample fold 0's student never trained on: validation and test patients
                 held_out = held.arrays
-                parity = parity_report(
-                    model, fp32, int8, held_out, held_out["y"], threshold, ddi_idx
-                )
+                parity = parity_report(model, fp32, int8, held_out, held_out["y"], threshold,
+                                       ddi_idx, int8_form=int8_form)  # fmt: skip
                 shipped = (model, scfg, int8, threshold, info, qinfo, pruning)
                 sizes = {"onnx_fp32": fp32.stat().st_size, "onnx_int8": int8.stat().st_size}
             log.info(f"fold {fold + 1}/{folds}: int8 jaccard {per_fold[-1]['jaccard']:.4f}")
@@ -159,7 +171,7 @@ def export_run(run_dir: Path, out_dir: Path, preset: str = "avx2", force: bool =
             "bundle": str(out_dir),
             "models": {"student_int8": ev.summarize(per_fold)},
             "size_bytes": sizes,
-            "export": {"preset": preset, "parity_fold0": parity},
+            "export": {"preset": preset, "int8_form": int8_form, "parity_fold0": parity},
         }
         if shipped[-1] is not None:
             results["export"]["vocabulary_fold0"] = shipped[-1].summary()
