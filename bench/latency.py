@@ -1,7 +1,8 @@
 """Per-patient latency and size: the student (torch; ONNX Runtime fp32 as the torch exporter
 writes it, fp32 through `export.optimize`'s passes, int8 plainly quantised, int8 in the previous
-traced + optimised form, the compact fp32 and int8 graphs of `export.medication.compact` -- the
-int8 one is what `pocketrec export` ships --, the bundle's file, the numpy backend) beside the
+traced + optimised form, the compact fp32 graph of `export.medication.compact` and its two int8
+files -- 8-bit weights restored to float at load, what `pocketrec export` ships, and integer
+products ("dynamic") --, the bundle's file, the numpy backend) beside the
 teachers (the run's fine-tuned teacher and the frozen LLM teacher SmolLM2-135M-Instruct, each in
 torch fp32 and exported to ONNX fp32 and int8 with optimum: what a user would run on the device
 instead of the student); plus the peak memory of a runtime-only process.
@@ -223,11 +224,10 @@ def main() -> None:
     batch = sub(big)
 
     bundle = load_bundle(args.bundle) if args.bundle and args.bundle.is_dir() else None
-    preset = (
-        args.preset
-        or (bundle.manifest["model"].get("quantization", {}).get("name") if bundle else None)
-        or "avx2"
-    )
+    quant = bundle.manifest["model"].get("quantization", {}) if bundle else {}
+    # the preset of the integer-product forms: the bundle's when it has one (a "weights" bundle
+    # has none), else avx2
+    preset = args.preset or (quant.get("preset") or {}).get("name") or "avx2"
     student, scfg, pruning = shipped_student(args.run)
     if pruning is not None:
         arrays = remap_arrays(arrays, pruning)
@@ -245,13 +245,17 @@ def main() -> None:
         "ort_int8_plain": tmp / "student.int8.plain.onnx",
         "ort_int8_traced": tmp / "student.int8.traced.onnx",
         "ort_fp32_compact": tmp / "student.fp32.compact.onnx",
+        "ort_int8_dynamic": tmp / "student.int8.dynamic.onnx",
         "ort_int8": tmp / "student.int8.onnx",
     }
     export_student(student, scfg, files["ort_fp32"])
     optimize_file(files["ort_fp32"], files["ort_fp32_opt"])
     quantize(files["ort_fp32"], files["ort_int8_plain"], preset, optimize=False)
     traced_q = quantize(files["ort_fp32"], files["ort_int8_traced"], preset)
+    # the shipped form (8-bit weights, float compute once loaded) and the integer-product one
     _, qinfo = export_compact(student, scfg, files["ort_fp32_compact"], files["ort_int8"], preset)
+    _, qdyn = export_compact(student, scfg, tmp / "student.fp32.compact.2.onnx",
+                             files["ort_int8_dynamic"], preset, form="dynamic")  # fmt: skip
     if bundle is not None:
         files["ort_int8_bundle"] = bundle.model_path
     sessions = {name: _session(p) for name, p in files.items()}
@@ -354,6 +358,7 @@ def main() -> None:
         "student_onnx_fp32": files["ort_fp32"].stat().st_size,
         "student_onnx_fp32_compact": files["ort_fp32_compact"].stat().st_size,
         "student_onnx_int8_traced": files["ort_int8_traced"].stat().st_size,
+        "student_onnx_int8_dynamic": files["ort_int8_dynamic"].stat().st_size,
         "student_onnx_int8": files["ort_int8"].stat().st_size,
         **sizes_teacher,
     }
@@ -416,6 +421,8 @@ def main() -> None:
         "int8_vs_fp32_as_exported": ("ort_fp32", "ort_int8"),
         "int8_vs_fp32_optimised": ("ort_fp32_opt", "ort_int8"),
         "int8_vs_fp32_compact": ("ort_fp32_compact", "ort_int8"),
+        "int8_dynamic_vs_fp32_compact": ("ort_fp32_compact", "ort_int8_dynamic"),
+        "int8_vs_int8_dynamic": ("ort_int8_dynamic", "ort_int8"),
         "int8_vs_int8_traced": ("ort_int8_traced", "ort_int8"),
         "int8_vs_int8_plain": ("ort_int8_plain", "ort_int8"),
         "numpy_vs_int8": ("numpy", "ort_int8"),
@@ -434,6 +441,8 @@ def main() -> None:
         },
         "student_int8_preset": preset,
         "student_int8_form": qinfo["graph"],
+        "student_int8_storage": qinfo["form"],
+        "student_int8_dynamic_optimization": qdyn["optimization"],
         "student_int8_optimization": qinfo["optimization"],
         "student_int8_traced_optimization": traced_q["optimization"],
         "latency": rows,
