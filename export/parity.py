@@ -195,7 +195,8 @@ def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
                 big_floats.append(t.name)
         return n8, bytes8, big_floats
 
-    n8, bytes8, big_floats = survey(onnx.load(str(int8_path)))
+    stored = onnx.load(str(int8_path))
+    n8, bytes8, big_floats = survey(stored)
     with tempfile.TemporaryDirectory(prefix="pocketrec-loaded-") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
@@ -211,7 +212,7 @@ def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
         "float_initializers_at_or_over_min": len(big_floats),
         "min_elements": min_elements,
         "eight_bit_initializers_after_load": left8,
-        "nodes_in_file": len(onnx.load(str(int8_path)).graph.node),
+        "nodes_in_file": len(stored.graph.node),
         "nodes_after_load": len(loaded.graph.node),
         "file_bytes": Path(int8_path).stat().st_size,
     }

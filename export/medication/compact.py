@@ -41,9 +41,9 @@ one of two forms (`export_compact` writes the fp32 graph and the int8 file):
 Measured (bench/latency.py and bench/int8_crossover.py, one thread, batch 1): at the shipped
 width (32) an integer product costs more than the float one it replaces (the activation's
 quantisation is a fixed cost) and an 8-bit table read needs a conversion node, so the
-"dynamic" file is 16% slower than the fp32 graph, and "weights" runs at the fp32 graph's speed;
-integer products pay from width 128 (0.92x the fp32 time there, 0.57x at 256), and width 32 is
-the best on validation.
+"dynamic" file is 16-17% slower than the fp32 graph, and "weights" runs at the fp32 graph's
+speed; integer products pay from width 128 (about 0.9x the fp32 time there, 0.57x at 256), and
+width 32 is the best on validation.
 """
 
 from __future__ import annotations
