@@ -18,6 +18,18 @@ run's encoded patients (trimmed as the app trims them), every graph interleaved 
 so the machine's noise falls on all alike; p50 per graph and its ratio to fp32 of the same
 width. One run on this machine: compare ratios, not absolute figures.
 
+Where the shipped width's time goes, to bound what 8-bit arithmetic could save there:
+
+- `floor`: graphs with the student's inputs and nothing to compute, timed in the same rounds: one
+  node (the cost of a call) and as many nodes as the fp32 graph (a Cast, then Neg after Neg on
+  the [B, V] visit mask; graph optimisations off so that none is removed): the cost of the call
+  and of dispatching that many nodes, whatever they compute;
+- `profile`: ONNX Runtime's profiler on the trained student's forms, kernel time per call by
+  operator, grouped into dense products (the only work integer arithmetic replaces), conversions
+  (Cast, QuantizeLinear, DequantizeLinear) and the rest. The profiler adds its own cost to every
+  node (measured on the floor graph and reported beside), so compare the groups across forms,
+  not with the unprofiled p50.
+
 Usage: python bench/int8_crossover.py [--run runs/demo/run] [--dims 32 64 96 128 256]
 """
 
@@ -44,6 +56,23 @@ from bench.latency import (  # noqa: E402
 from contract.files import atomic_write_json  # noqa: E402
 
 FORMS = ("fp32", "int8", "int8_tables", "int8_weights")
+# operator groups of the profile: what integer arithmetic replaces, what 8-bit storage adds
+PRODUCT_OPS = frozenset(
+    {
+        "MatMul",
+        "Gemm",
+        "FusedMatMul",
+        "Attention",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "DynamicQuantizeLinear",
+        "QAttention",
+        "QGemm",
+    }
+)
+CONVERSION_OPS = frozenset({"Cast", "QuantizeLinear", "DequantizeLinear"})
+PROFILE_CALLS = 600
 
 
 def write_forms(state, config, preset, folder: Path, stem: str) -> dict[str, Path]:
@@ -59,6 +88,88 @@ def write_forms(state, config, preset, folder: Path, stem: str) -> dict[str, Pat
     onnx.save(build_graph(state, config, preset), str(paths["int8"]))
     onnx.save(build_graph(state, config, preset, products="fp32"), str(paths["int8_tables"]))
     return paths
+
+
+def floor_graph(inputs, nodes: int):
+    """`nodes` nodes that compute next to nothing on the student's inputs: a Cast of the visit
+    mask, then Neg after Neg ([B, V] floats)."""
+    from onnx import TensorProto, helper
+
+    chain = [helper.make_node("Cast", ["visit_mask"], ["t0"], to=TensorProto.FLOAT)]
+    chain += [helper.make_node("Neg", [f"t{i}"], [f"t{i + 1}"]) for i in range(nodes - 1)]
+    out = helper.make_tensor_value_info(f"t{nodes - 1}", TensorProto.FLOAT, None)
+    graph = helper.make_graph(chain, "floor", list(inputs), [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _floor_session(model):
+    """One thread, graph optimisations off (a chain of Negs must stay as long as it is)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def profile_ops(session_for, items: list, output: str) -> dict:
+    """Kernel microseconds per call by operator, from ONNX Runtime's profiler:
+    {"ops": {op: {"nodes", "us_per_call"}}, "groups": {...}, "total_us_per_call"}."""
+    import json
+
+    folder = Path(tempfile.mkdtemp(prefix="pocketrec-profile-"))
+    session = session_for(str(folder / "p"))
+    calls = [items[i % len(items)] for i in range(PROFILE_CALLS)]
+    for x in calls:
+        session.run([output], x)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op = e["args"]["op_name"]
+        row = per_op.setdefault(op, {"nodes": set(), "us": 0.0})
+        row["nodes"].add(e["name"])
+        row["us"] += e["dur"]
+    ops = {
+        op: {"nodes": len(r["nodes"]), "us_per_call": r["us"] / len(calls)}
+        for op, r in sorted(per_op.items(), key=lambda kv: -kv[1]["us"])
+    }
+    groups = {"products": 0.0, "conversions": 0.0, "rest": 0.0}
+    for op, r in ops.items():
+        if op in PRODUCT_OPS:
+            groups["products"] += r["us_per_call"]
+        elif op in CONVERSION_OPS:
+            groups["conversions"] += r["us_per_call"]
+        else:
+            groups["rest"] += r["us_per_call"]
+    return {
+        "ops": ops,
+        "groups_us_per_call": groups,
+        "total_us_per_call": sum(groups.values()),
+        "nodes": sum(r["nodes"] for r in ops.values()),
+    }
+
+
+def _profiled(path: Path | None = None, model=None, optimise: bool = True):
+    """A factory of profiling sessions (one thread) for `profile_ops`."""
+    import onnxruntime as ort
+
+    def make(prefix: str):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = prefix
+        if not optimise:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        source = str(path) if path is not None else model.SerializeToString()
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+    return make
 
 
 def main() -> None:
@@ -110,12 +221,35 @@ def main() -> None:
         }
     sessions = {key: _session(path) for key, path in files.items()}
     backends = {key: (lambda x, s=sess: s.run(["logits"], x)) for key, sess in sessions.items()}
+    # the floor: a call and the fp32 graph's node count, with nothing to compute
+    student_inputs = onnx.load(str(files["trained/fp32"])).graph.input
+    fp32_nodes = info["trained"]["nodes"]["fp32"]
+    floors = {
+        "call": floor_graph(student_inputs, 1),
+        "nodes": floor_graph(student_inputs, fp32_nodes),
+    }
+    for kind, model in floors.items():
+        sess = _floor_session(model)
+        out = model.graph.output[0].name
+        backends[f"floor/{kind}"] = lambda x, s=sess, o=out: s.run([o], x)
     timings = time_interleaved(backends, singles, args.rounds)
     for name in models:
         stats = {f: batch1_stats(timings[f"{name}/{f}"]) for f in FORMS}
         base = stats["fp32"]["p50_ms"]
         info[name]["batch1"] = stats
         info[name]["p50_vs_fp32"] = {f: stats[f]["p50_ms"] / base for f in FORMS}
+    floor = {kind: batch1_stats(timings[f"floor/{kind}"]) for kind in floors}
+    floor["nodes"]["nodes"] = fp32_nodes
+    print("profiling the trained student's forms ...", file=sys.stderr)
+    profile = {
+        form: profile_ops(_profiled(files[f"trained/{form}"]), singles, "logits")
+        for form in ("fp32", "int8", "int8_weights")
+    }
+    profile["floor_nodes"] = profile_ops(
+        _profiled(model=floors["nodes"], optimise=False),
+        singles,
+        floors["nodes"].graph.output[0].name,
+    )
 
     print(
         "| student | dim | fp32 p50 ms | int8 p50 ms | int8 / fp32 | int8 tables only / fp32 | "
@@ -129,6 +263,25 @@ def main() -> None:
             f"| {name} | {row['dim']} | {p['fp32']:.4f} | {p['int8']:.4f} | "
             f"{r['int8']:.2f} | {r['int8_tables']:.2f} | {r['int8_weights']:.2f} |"
         )
+    call, nodes = floor["call"]["p50_ms"], floor["nodes"]["p50_ms"]
+    trained = info["trained"]["batch1"]["fp32"]["p50_ms"]
+    print(
+        f"\nfloor (nothing to compute, p50 ms): a call {call:.4f}; a call with {fp32_nodes} nodes "
+        f"{nodes:.4f}; the trained fp32 graph {trained:.4f}"
+    )
+    per_node = profile["floor_nodes"]["total_us_per_call"] / fp32_nodes
+    print(
+        "\nprofiled kernel time, us per call (the profiler adds its own cost to every node: "
+        f"{per_node:.2f} us per node on the floor graph)"
+    )
+    print("| trained student | nodes | products | conversions | rest | total |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for form, row in profile.items():
+        g = row["groups_us_per_call"]
+        print(
+            f"| {form} | {row['nodes']} | {g['products']:.1f} | {g['conversions']:.1f} | "
+            f"{g['rest']:.1f} | {row['total_us_per_call']:.1f} |"
+        )
     atomic_write_json(
         args.out,
         {
@@ -139,6 +292,13 @@ def main() -> None:
             "patients_per_round": args.single,
             "rounds": args.rounds,
             "students": info,
+            "floor": floor,
+            "profile": {
+                "calls": PROFILE_CALLS,
+                "product_ops": sorted(PRODUCT_OPS),
+                "conversion_ops": sorted(CONVERSION_OPS),
+                "forms": profile,
+            },
         },
     )
     print(f"\nwrote {args.out}", file=sys.stderr)
