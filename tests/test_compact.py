@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from app.medication.backends import NumpyBackend, OrtBackend  # noqa: E402
 from contract.layout import INPUT_NAMES  # noqa: E402
 from distill.medication.student import LeaderStudent, StudentConfig  # noqa: E402
+from export.graph_builder import column_int8  # noqa: E402
 from export.medication.compact import (  # noqa: E402
     WEIGHT_MIN_ELEMENTS,
     build_graph,
@@ -176,6 +177,24 @@ def test_int8_count_and_repeat_tables_stay_exact():
         assert np.all(q[1:, -1] == 1) and np.all(s[:, -1] == 1.0)
     hot = inits["med_to_label_u8"]
     assert hot.dtype == np.uint8 and set(np.unique(hot)) <= {0, 1}
+
+
+def test_column_int8_scales_each_column_and_keeps_integers_exact():
+    """One scale per column (max |column| / 127), rounding within half a step; integer columns
+    that fit in 8 bits stored as they are; an all-zero column stays zero with scale 1 (no 0/0)."""
+    rng = np.random.default_rng(0)
+    floats = rng.normal(size=(50, 3)) * np.array([0.01, 1.0, 300.0])
+    counts = rng.integers(0, 100, size=(50, 1))
+    big = np.full((50, 1), 1000.0)  # an integer column too big for int8: scaled like floats
+    table = np.hstack([floats, counts, np.zeros((50, 1)), big]).astype(np.float32)
+    q, scale = column_int8(table)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (6,)
+    np.testing.assert_allclose(scale[:3], np.abs(table[:, :3]).max(axis=0) / 127, rtol=1e-6)
+    assert list(scale[3:5]) == [1.0, 1.0] and np.all(q[:, 3] == counts[:, 0])
+    assert np.all(q[:, 4] == 0)
+    assert scale[5] == pytest.approx(1000.0 / 127) and np.all(q[:, 5] == 127)
+    restored = q.astype(np.float32) * scale
+    assert np.all(np.abs(restored - table) <= scale / 2 + 1e-6 * np.abs(table))
 
 
 def test_weights_form_stores_8_bits_and_runs_the_fp32_graph(tmp_path):
