@@ -102,25 +102,14 @@ def floor_graph(inputs, nodes: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _floor_session(model):
-    """One thread, graph optimisations off (a chain of Negs must stay as long as it is)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def profile_ops(session_for, items: list, output: str) -> dict:
-    """Kernel microseconds per call by operator, from ONNX Runtime's profiler:
-    {"ops": {op: {"nodes", "us_per_call"}}, "groups": {...}, "total_us_per_call"}."""
+def profile_ops(source, items: list, output: str, optimise: bool = True) -> dict:
+    """Kernel microseconds per call by operator of the graph `source` (a path or a ModelProto),
+    from ONNX Runtime's profiler: {"ops": {op: {"nodes", "us_per_call"}}, "groups_us_per_call":
+    {products, conversions, rest}, "total_us_per_call", "nodes"}."""
     import json
 
     folder = Path(tempfile.mkdtemp(prefix="pocketrec-profile-"))
-    session = session_for(str(folder / "p"))
+    session = _session(source, optimise=optimise, profile_prefix=str(folder / "p"))
     calls = [items[i % len(items)] for i in range(PROFILE_CALLS)]
     for x in calls:
         session.run([output], x)
@@ -151,25 +140,6 @@ def profile_ops(session_for, items: list, output: str) -> dict:
         "total_us_per_call": sum(groups.values()),
         "nodes": sum(r["nodes"] for r in ops.values()),
     }
-
-
-def _profiled(path: Path | None = None, model=None, optimise: bool = True):
-    """A factory of profiling sessions (one thread) for `profile_ops`."""
-    import onnxruntime as ort
-
-    def make(prefix: str):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = prefix
-        if not optimise:
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        source = str(path) if path is not None else model.SerializeToString()
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-    return make
 
 
 def main() -> None:
@@ -229,7 +199,7 @@ def main() -> None:
         "nodes": floor_graph(student_inputs, fp32_nodes),
     }
     for kind, model in floors.items():
-        sess = _floor_session(model)
+        sess = _session(model, optimise=False)  # a chain of Negs must stay as long as it is
         out = model.graph.output[0].name
         backends[f"floor/{kind}"] = lambda x, s=sess, o=out: s.run([o], x)
     timings = time_interleaved(backends, singles, args.rounds)
@@ -242,13 +212,11 @@ def main() -> None:
     floor["nodes"]["nodes"] = fp32_nodes
     print("profiling the trained student's forms ...", file=sys.stderr)
     profile = {
-        form: profile_ops(_profiled(files[f"trained/{form}"]), singles, "logits")
+        form: profile_ops(files[f"trained/{form}"], singles, "logits")
         for form in ("fp32", "int8", "int8_weights")
     }
     profile["floor_nodes"] = profile_ops(
-        _profiled(model=floors["nodes"], optimise=False),
-        singles,
-        floors["nodes"].graph.output[0].name,
+        floors["nodes"], singles, floors["nodes"].graph.output[0].name, optimise=False
     )
 
     print(

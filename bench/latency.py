@@ -104,14 +104,22 @@ def _once(fn, batch) -> float:
     return time.perf_counter() - t
 
 
-def _session(path: Path):
+def _session(source, optimise: bool = True, profile_prefix: str | None = None):
+    """A one-thread CPU session of `source` (a path, or a ModelProto); `optimise=False` turns
+    ONNX Runtime's graph optimisations off, `profile_prefix` switches its profiler on."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if not optimise:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    model = source.SerializeToString() if hasattr(source, "SerializeToString") else str(source)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def _nodes(path: Path) -> int:
