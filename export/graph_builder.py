@@ -24,7 +24,24 @@ import numpy as np
 MS_DOMAIN = "com.microsoft"
 PRODUCTS = ("dynamic", "fp32")
 
-__all__ = ["MS_DOMAIN", "PRODUCTS", "GraphBuilder", "Weights", "column_int8", "symmetric"]
+__all__ = [
+    "MS_DOMAIN",
+    "PRODUCTS",
+    "GraphBuilder",
+    "Weights",
+    "column_int8",
+    "is_weight_matrix",
+    "symmetric",
+]
+
+
+def is_weight_matrix(shape, min_elements: int) -> bool:
+    """Whether a float initializer of `shape` is a table or weight matrix that 8-bit weight
+    storage keeps in 8 bits: 2-D and at least `min_elements` values. Shared by the writer
+    (`export.medication.compact.weights_only`) and its gate (`export.parity.check_weight_storage`),
+    so the gate checks exactly what the writer promises (biases and scale vectors are 1-D)."""
+    shape = tuple(int(n) for n in shape)
+    return len(shape) == 2 and int(np.prod(shape, dtype=np.int64)) >= min_elements
 
 
 class GraphBuilder:

@@ -173,14 +173,17 @@ def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
     """A weight-only int8 file (`export.medication.compact.weights_only`): raise unless it
     stores its weights in 8 bits and ONNX Runtime restores them when the session is made.
 
-    Passes when no float initializer of at least `min_elements` values is left in the file, at
-    least one 8-bit initializer is, and the graph the session runs (ONNX Runtime's optimised
-    graph, saved to a temporary file) holds no 8-bit initializer any more: every restore was
-    folded, so no call pays for a conversion."""
+    Passes when no float table or weight matrix (a 2-D initializer of at least `min_elements`
+    values: `export.graph_builder.is_weight_matrix`, the rule the writer follows) is left in
+    the file, at least one 8-bit initializer is, and the graph the session runs (ONNX Runtime's
+    optimised graph, saved to a temporary file) holds no 8-bit initializer any more: every
+    restore was folded, so no call pays for a conversion."""
     import tempfile
 
     import onnx
     import onnxruntime as ort
+
+    from export.graph_builder import is_weight_matrix
 
     eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
@@ -191,7 +194,7 @@ def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
             size = int(np.prod(t.dims, dtype=np.int64))
             if t.data_type in eight_bit:
                 n8, bytes8 = n8 + 1, bytes8 + size
-            elif t.data_type == onnx.TensorProto.FLOAT and size >= min_elements:
+            elif t.data_type == onnx.TensorProto.FLOAT and is_weight_matrix(t.dims, min_elements):
                 big_floats.append(t.name)
         return n8, bytes8, big_floats
 
@@ -209,7 +212,7 @@ def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
         "check": "weights_8bit",
         "eight_bit_initializers": n8,
         "eight_bit_values": bytes8,
-        "float_initializers_at_or_over_min": len(big_floats),
+        "float_initializers_at_or_over_min": len(big_floats),  # 2-D ones
         "min_elements": min_elements,
         "eight_bit_initializers_after_load": left8,
         "nodes_in_file": len(stored.graph.node),
@@ -219,7 +222,7 @@ def check_weight_storage(int8_path: Path, min_elements: int) -> dict:
     failures = []
     if big_floats:
         failures.append(
-            f"{len(big_floats)} float initializers of >= {min_elements} values left (limit 0): "
+            f"{len(big_floats)} float matrices of >= {min_elements} values left (limit 0): "
             + ", ".join(big_floats[:5])
         )
     if n8 < 1:

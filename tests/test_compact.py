@@ -227,11 +227,23 @@ def test_weights_form_stores_8_bits_and_runs_the_fp32_graph(tmp_path):
     assert np.all(inits["dx_table_scale"][-1] == 1.0) and np.all(inits["dx_table_q8"][1:, 32] == 1)
 
 
+def test_weights_form_of_a_wide_student_passes_its_gate(tmp_path):
+    """At width 256 the MLP's [256, 1024] weight leaves a 1024-value scale vector and bias
+    beside it: 1-D, float by design, and not what the gate looks for (it once refused them)."""
+    model, cfg = model_of(256, 4, 1, True, True, 10, seed=5)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_compact(model, cfg, fp32, int8, "avx2")
+    inits = {t.name: tuple(t.dims) for t in onnx.load(str(int8)).graph.initializer}
+    assert inits["mlp0_0_w_scale"] == (1024,) and inits["mlp0_0_b"] == (1024,)
+    stored = check_weight_storage(int8, WEIGHT_MIN_ELEMENTS)
+    assert stored["passed"] and stored["eight_bit_initializers_after_load"] == 0
+
+
 def test_weight_storage_gate_refuses_float_or_per_call_conversion(tmp_path):
     model, cfg = model_of(*SHAPES[0], seed=3)
     fp32, dyn = tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx"
     export_compact(model, cfg, fp32, dyn, "avx2", form="dynamic")
-    with pytest.raises(ParityError, match="float initializers of >= 1024 values left"):
+    with pytest.raises(ParityError, match="float matrices of >= 1024 values left"):
         check_weight_storage(fp32, WEIGHT_MIN_ELEMENTS)
     # the integer-product form reads its 8-bit tables per call: not a storage-only file
     with pytest.raises(ParityError, match="still converted per call"):

@@ -61,6 +61,7 @@ from export.graph_builder import (
     GraphBuilder,
     Weights,
     column_int8,
+    is_weight_matrix,
     symmetric,
 )
 from export.onnx import OPSET
@@ -72,7 +73,9 @@ FORMAT = "pocketrec-leader-student-compact/1"
 # what `pocketrec export` ships) and "dynamic" (8-bit tables summed as integers, integer dense
 # products with activations quantised per call)
 INT8_FORMS = ("weights", "dynamic")
-WEIGHT_MIN_ELEMENTS = 1024  # smaller initializers (biases, norms, the slot table) stay float
+# the weights form stores 2-D float initializers of at least this many values in 8 bits; 1-D
+# ones (biases, norms, scales) and small matrices stay float: they are a few KB together
+WEIGHT_MIN_ELEMENTS = 1024
 
 __all__ = [
     "FORMAT",
@@ -446,7 +449,8 @@ def build_graph(
 
 def weights_only(model, min_elements: int = WEIGHT_MIN_ELEMENTS):
     """A copy of the fp32 compact graph `model` whose tables and weight matrices (every 2-D
-    float initializer of at least `min_elements` values) are stored int8, one scale per column
+    float initializer of at least `min_elements` values: `graph_builder.is_weight_matrix`) are
+    stored int8, one scale per column
     (integer columns exact), each restored by a Cast and a Mul at the head of the graph.
 
     Their inputs are all initializers, so ONNX Runtime's constant folding turns them back into
@@ -461,7 +465,7 @@ def weights_only(model, min_elements: int = WEIGHT_MIN_ELEMENTS):
     kept, restore = [], []
     for init in graph.initializer:
         arr = numpy_helper.to_array(init)
-        if arr.dtype != np.float32 or arr.ndim != 2 or arr.size < min_elements:
+        if arr.dtype != np.float32 or not is_weight_matrix(arr.shape, min_elements):
             kept.append(init)
             continue
         q, scale = column_int8(arr)
