@@ -22,6 +22,14 @@ from pocketrec.train_commands import (
     cmd_pipeline,
 )
 
+# the integer kernels of an int8 graph with integer products (export.quantize.PRESETS): news
+# runs, and medication runs exported with --int8 dynamic (the weights form computes in float)
+PRESET_OPTION = {
+    "default": None,
+    "choices": ["avx2", "avx512_vnni", "arm64"],
+    "help": "int8 kernels for news runs and --int8 dynamic (default avx2); refused with the "
+    "medication weights form, which computes in float",
+}
 # medication runs: the form of the shipped int8 file (export.medication.compact.INT8_FORMS)
 INT8_OPTION = {
     "default": "weights",
@@ -150,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="a distill run -> int8 ONNX with parity gates -> a bundle")
     ex.add_argument("--run", required=True, help="folder of a finished `pocketrec distill` run")
     ex.add_argument("--out", required=True, help="bundle folder to write")
-    ex.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    ex.add_argument("--preset", **PRESET_OPTION)
     ex.add_argument("--int8", **INT8_OPTION)
     ex.add_argument(
         "--data",
@@ -165,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ds._actions:  # the distill options, unchanged
         if action.dest not in ("help", "domain") and action.option_strings:
             pl._add_action(action)
-    pl.add_argument("--preset", default="avx2", choices=["avx2", "avx512_vnni", "arm64"])
+    pl.add_argument("--preset", **PRESET_OPTION)
     pl.add_argument("--int8", **INT8_OPTION)
     pl.set_defaults(func=cmd_pipeline)
 

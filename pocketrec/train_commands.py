@@ -152,7 +152,12 @@ def _run_domain(run: Path) -> str:
 
 
 def _export(
-    run: Path, out: Path, preset: str, force: bool, data: Path | None, int8: str = "weights"
+    run: Path,
+    out: Path,
+    preset: str | None,
+    force: bool,
+    data: Path | None,
+    int8: str = "weights",
 ) -> int:
     from export.parity import ParityError
 
@@ -166,7 +171,7 @@ def _export(
         if domain == "news":
             from export.news.run import export_news_run
 
-            manifest = export_news_run(run, out, preset=preset, force=force)
+            manifest = export_news_run(run, out, preset=preset or "avx2", force=force)
             p = manifest["parity"]["summary"]
             print(
                 f"bundle: {out}  int8 auc {p['int8_auc']:.4f} (fp32 {p['fp32_auc']:.4f}), "
@@ -191,6 +196,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         return _fail(f"pipeline: {out} is not empty; pass --force to replace it")
+    if args.domain == "medication" and args.int8 == "weights" and args.preset is not None:
+        # said before the distill's minutes, not after them by the export
+        return _fail(
+            f"pipeline: --preset {args.preset} chooses the integer kernels of --int8 dynamic; "
+            "the default weights form computes in float (leave --preset out, or add --int8 "
+            "dynamic)"
+        )
     args.out = str(out / "run")
     rc = cmd_distill(args)
     if rc:

@@ -38,3 +38,15 @@ def test_export_and_pipeline_take_the_int8_form(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "--run", "r", "--out", "o", "--int8", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_a_preset_with_the_float_computing_weights_form_is_refused(tmp_path, capsys):
+    """--preset picks integer kernels; the weights form has none, so asking for one is a
+    mistake said at once (before a pipeline's distill), not a preset recorded as used."""
+    from pocketrec.cli import main
+
+    out = tmp_path / "p"
+    assert main(["pipeline", "--out", str(out), "--preset", "arm64"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset arm64 chooses the integer kernels of --int8 dynamic" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing was distilled

@@ -124,7 +124,7 @@ def test_int8_graph_passes_the_parity_gates(tmp_path, preset):
     info, record = export_compact(model, cfg, fp32, int8, preset, form="dynamic")
     feeds = feeds_of(cfg, 96, 5, 7)
     y = (np.random.default_rng(0).random((96, cfg.n_labels)) < 0.15).astype(np.float32)
-    report = parity_report(model, fp32, int8, feeds, y, threshold=0.5)  # int8_form "dynamic"
+    report = parity_report(model, fp32, int8, feeds, y, threshold=0.5, int8_form="dynamic")
     assert report["passed"]
     assert report["torch_vs_onnx"]["max_abs_diff"]["logits"] < 1e-4
     assert record["form"] == "dynamic"

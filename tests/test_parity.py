@@ -120,7 +120,9 @@ def test_the_student_learned_something(shipped):
 
 def test_parity_passes_and_reports_its_numbers(shipped):
     model, fp32, int8, held, threshold = shipped
-    report = parity_report(model, fp32, int8, held, held["y"], threshold, ddi_pairs=[(0, 1)])
+    report = parity_report(
+        model, fp32, int8, held, held["y"], threshold, ddi_pairs=[(0, 1)], int8_form="dynamic"
+    )
     json.dumps(report)  # goes into the bundle manifest
     assert report["passed"]
 
@@ -226,14 +228,15 @@ def test_parity_report_runs_every_check_and_can_return_failures(shipped, tmp_pat
     not_int8 = tmp_path / "copy.onnx"
     shutil.copyfile(fp32, not_int8)  # "int8" model that is the fp32 graph
     report = parity_report(
-        model, fp32, not_int8, held, held["y"], threshold, raise_on_failure=False
-    )
+        model, fp32, not_int8, held, held["y"], threshold, raise_on_failure=False,
+        int8_form="dynamic",
+    )  # fmt: skip
     assert report["passed"] is False
     assert report["torch_vs_onnx"]["passed"] and report["int8_vs_fp32"]["passed"]
     assert report["integer_ops"]["passed"] is False
     assert "no integer product op" in report["integer_ops"]["error"]
     with pytest.raises(ParityError, match="parity failed: integer_ops") as err:
-        parity_report(model, fp32, not_int8, held, held["y"], threshold)
+        parity_report(model, fp32, not_int8, held, held["y"], threshold, int8_form="dynamic")
     assert err.value.report["integer_ops"]["passed"] is False
 
 

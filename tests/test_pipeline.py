@@ -217,7 +217,8 @@ def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     results = json.loads(export_json_path(bundle).read_text())
     assert export_json_path(bundle) == tmp_path / "bundle.export.json"
-    assert set(results["models"]) == {"student_int8"} and results["export"]["preset"] == "avx2"
+    # the weights form computes in float: no integer kernels, so no preset is recorded
+    assert set(results["models"]) == {"student_int8"} and results["export"]["preset"] is None
     report = json.loads(json.dumps(returned))
     assert combined == {
         **report,
@@ -252,10 +253,14 @@ def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
     export_run(out, dynamic, int8_form="dynamic")
     results = json.loads(export_json_path(dynamic).read_text())
     assert results["export"]["parity_fold0"]["integer_ops"]["integer_product_ops"] >= 4
+    assert results["export"]["preset"] == "avx2"  # the dynamic form's default kernels
     manifest = json.loads((dynamic / "manifest.json").read_text())
     assert manifest["model"]["quantization"]["name"] == "avx2"
     with pytest.raises(ValueError, match="unknown int8 form 'int4'"):
         export_run(out, tmp_path / "nope", int8_form="int4")
+    with pytest.raises(ValueError, match="'arm64' chooses the integer kernels of the dynamic"):
+        export_run(out, tmp_path / "nope", preset="arm64")  # with the weights form
+    assert not (tmp_path / "nope").exists()
 
 
 @pytest.mark.slow

@@ -246,9 +246,11 @@ def parity_report(
     *,
     atol: float = TORCH_ATOL,
     raise_on_failure: bool = True,
-    int8_form: str = "dynamic",
+    int8_form: str,
 ) -> dict:
-    """All three checks on the same held-out `inputs`, as one JSON-able dict.
+    """All three checks on the same held-out `inputs`, as one JSON-able dict. `int8_form`
+    (`export.medication.compact.INT8_FORMS`, no default: the two forms have different "is it
+    int8" gates, and a wrong one fails a good file) names the int8 file's form.
 
     Keys: "torch_vs_onnx", "int8_vs_fp32", "integer_ops" or, for `int8_form="weights"`,
     "weights_8bit" (each check's report, with

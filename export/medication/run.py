@@ -62,7 +62,7 @@ def export_json_path(bundle_dir: Path) -> Path:
 
 def combined_report(report: dict, results: dict) -> dict:
     """The run's report with the export's additions: the `student_int8` row, `size_bytes` and
-    `export` (preset, fold 0's parity)."""
+    `export` (int8 form, preset (None for the weights form), fold 0's parity)."""
     out = dict(report)
     out["models"] = {**report["models"], **results["models"]}
     out["size_bytes"] = results["size_bytes"]
@@ -106,13 +106,15 @@ def _read_report(run_dir: Path) -> dict:
 def export_run(
     run_dir: Path,
     out_dir: Path,
-    preset: str = "avx2",
+    preset: str | None = None,
     force: bool = False,
     int8_form: str = "weights",
 ) -> dict:
     """Export the run at `run_dir` to the bundle `out_dir`, each student's int8 file in
-    `int8_form` (`export.medication.compact.INT8_FORMS`; `preset` applies to "dynamic"); returns
-    the combined report (the run's report plus `student_int8`, `size_bytes` and `export`)."""
+    `int8_form` (`export.medication.compact.INT8_FORMS`); returns the combined report (the
+    run's report plus `student_int8`, `size_bytes` and `export`). `preset` chooses the integer
+    kernels of the "dynamic" form (default avx2); the "weights" form computes in float, so a
+    preset given with it is refused rather than recorded as if it had been used."""
     from export.medication.compact import INT8_FORMS, export_compact
     from export.medication.parity import parity_report
     from export.medication.weights import save_numpy_weights
@@ -120,12 +122,19 @@ def export_run(
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     report = _read_report(run_dir)
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if int8_form not in INT8_FORMS:
         raise ValueError(
             f"unknown int8 form {int8_form!r}; expected one of {', '.join(INT8_FORMS)}"
         )
+    if int8_form == "weights" and preset is not None:
+        raise ValueError(
+            f"preset {preset!r} chooses the integer kernels of the dynamic int8 form; the "
+            "weights form computes in float (leave the preset out, or use --int8 dynamic)"
+        )
+    if int8_form == "dynamic":
+        preset = preset or "avx2"
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise FileExistsError(f"{out_dir} is not empty; pass --force to replace it")
     cfg = read_config(run_dir)
@@ -152,7 +161,8 @@ def export_run(
                 held = Heldout(remap_arrays(held.arrays, pruning), held.sample_ids,
                                held.n_validation)  # fmt: skip
             fp32, int8 = tmp / f"fold{fold}.fp32.onnx", tmp / f"fold{fold}.int8.onnx"
-            info, qinfo = export_compact(model, scfg, fp32, int8, PRESETS[preset], int8_form)
+            quant = PRESETS[preset] if preset is not None else None
+            info, qinfo = export_compact(model, scfg, fp32, int8, quant, int8_form)
             test = held.test
             probs = _ort_probs(int8, test)
             per_fold.append(ev.medication_scores(test["y"], probs, probs >= threshold, ddi_idx))
