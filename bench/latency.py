@@ -448,7 +448,7 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "student_int8_preset": preset,
-        "student_int8_form": qinfo["graph"],
+        "student_int8_graph": qinfo["graph"],
         "student_int8_storage": qinfo["form"],
         "student_int8_dynamic_optimization": qdyn["optimization"],
         "student_int8_optimization": qinfo["optimization"],

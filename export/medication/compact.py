@@ -537,7 +537,7 @@ def export_compact(
         meta["pocketrec.student_config"] = json.dumps(config.to_dict(), sort_keys=True)
     fp32 = build_graph(state, config)
     check_graph(fp32)
-    info = save_graph(fp32, Path(fp32_path), meta)
+    # both graphs are built and checked before either file is written
     if preset is None:
         int8 = weights_only(fp32)
         described = {
@@ -558,6 +558,7 @@ def export_compact(
             "products": "DynamicQuantizeMatMul / QAttention (int8 weights, activations on the fly)",
         }
     check_graph(int8)
+    info = save_graph(fp32, Path(fp32_path), meta)
     qmeta = meta | {"pocketrec.quantization": json.dumps(described, sort_keys=True)}
     qinfo = save_graph(int8, Path(int8_path), qmeta)
     if hasattr(config, "to_dict"):
