@@ -50,3 +50,36 @@ def test_a_preset_with_the_float_computing_weights_form_is_refused(tmp_path, cap
     err = capsys.readouterr().err
     assert "--preset arm64 chooses the integer kernels of --int8 dynamic" in err
     assert not out.exists() or not any(out.iterdir())  # nothing was distilled
+
+
+def test_export_hands_the_form_and_preset_to_the_exporter(tmp_path, monkeypatch, capsys):
+    """The plumbing from the command line to `export_run` (the export itself is tested in
+    test_pipeline; here a stand-in records what it was asked)."""
+    import json
+
+    import pytest
+
+    run_module = pytest.importorskip("export.medication.run")
+    from pocketrec.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"domain": "medication"}))
+    asked = []
+
+    def fake_export_run(run_dir, out_dir, **kwargs):
+        asked.append(kwargs)
+        return {"models": {"student_int8": {"jaccard": 0.5, "prauc": 0.7}}}
+
+    monkeypatch.setattr(run_module, "export_run", fake_export_run)
+    out = str(tmp_path / "bundle")
+    assert main(["export", "--run", str(run), "--out", out]) == 0
+    assert main(["export", "--run", str(run), "--out", out, "--int8", "dynamic"]) == 0
+    assert main(["export", "--run", str(run), "--out", out, "--int8", "dynamic",
+                 "--preset", "arm64"]) == 0  # fmt: skip
+    assert [(a["int8_form"], a["preset"]) for a in asked] == [
+        ("weights", None),
+        ("dynamic", None),  # export_run picks its default kernels, avx2
+        ("dynamic", "arm64"),
+    ]
+    assert "int8 jaccard 0.5000 prauc 0.7000" in capsys.readouterr().out
