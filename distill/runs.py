@@ -24,6 +24,8 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "CONFIG_FILE",
     "Progress",
     "StageClock",
+    "discard_on_bad_input",
     "environment",
     "prepare_out",
     "read_config",
@@ -49,6 +52,21 @@ def prepare_out(out: Path, force: bool) -> None:
             raise FileExistsError(f"{out} is not empty; pass --force to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def discard_on_bad_input(out: Path) -> Iterator[None]:
+    """Around a run's data stage: when the input cannot be used (a `DataError`, or a
+    ValueError / FileNotFoundError saying what is wrong with it), remove the run folder that
+    `prepare_out` made before the error goes on, so that nothing half-made is left and the
+    corrected command needs no --force."""
+    from distill.data.tables import DataError
+
+    try:
+        yield
+    except (DataError, ValueError, FileNotFoundError):
+        shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def write_config(out: Path, config: dict[str, Any]) -> None:

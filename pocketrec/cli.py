@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(
         "--mind-unknown",
         choices=["skip", "drop"],
-        default="skip",
+        default=None,
         help="news (--format mind): an impression with candidates missing from news.tsv is "
         "skipped whole (skip, default) or keeps its known candidates (drop: the unknown ones "
-        "are dropped and counted in the report; an impression left with no candidate or no "
-        "click is still skipped)",
+        "are dropped and counted in the report; an impression left with no candidate, or "
+        "that loses its only clicked ones, is still skipped)",
     )
     ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
     ds.add_argument(

@@ -65,7 +65,7 @@ def cmd_distill_news(args: argparse.Namespace) -> int:
             quick=args.quick,
             force=args.force,
             source=args.source,
-            unknown_candidates=getattr(args, "mind_unknown", "skip"),
+            unknown_candidates=getattr(args, "mind_unknown", None) or "skip",
         )
     finally:
         if args.source is not None:  # the converted MovieLens copy was ours
@@ -89,6 +89,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return _fail(f"distill: {out} is not empty; pass --force to replace it")
     if getattr(args, "domain", "medication") == "news":
         return cmd_distill_news(args)
+    if getattr(args, "mind_unknown", None) is not None:
+        return _fail("distill: --mind-unknown applies to news runs (--domain news --format mind)")
     try:
         cfg = _distill_config(args)
     except ValueError as e:  # a config's own validation names the field and the rule

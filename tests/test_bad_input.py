@@ -300,3 +300,21 @@ def test_unknown_source_is_a_data_error():
         load_cohort("mimic5-demo")
     with pytest.raises(DataError, match="unknown format 'csv'"):
         load_cohort(path=DATA / "mimic3_demo", fmt="csv")
+
+
+def test_distill_on_an_unreadable_export_leaves_no_run_folder(tmp_path):
+    """The run folder is made before the data are read; when they cannot be, it goes again,
+    so nothing half-made stays and the corrected command needs no --force."""
+    folder = copy_demo(tmp_path, "mimic3")
+    (folder / "PRESCRIPTIONS.csv.gz").unlink()
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pocketrec.cli", "distill", "--path", str(folder),
+         "--format", "mimic3", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # after the data stage's progress line
+    assert last.startswith("pocketrec: error:") and "Traceback" not in done.stderr
+    assert "missing table PRESCRIPTIONS" in last
+    assert not out.exists()

@@ -181,6 +181,10 @@ def test_unknown_candidates_can_be_dropped_instead_and_are_counted(tmp_path):
     assert r.unknown_candidate_ids == 2 + 1 + 2 + 1
     assert r.dropped_candidate_ids == 3 and r.dropped_clicks == 1
     assert r.impressions_with_dropped_candidates == 2
+    # impression 4 kept only its click (as 3 was written): counted, as the ranking metrics
+    # cannot score such an impression
+    assert r.impressions_without_negative == 2
+    assert "2 kept impressions with no unclicked candidate" in r.summary()
     assert r.skipped == {
         "every clicked candidate not in news.tsv": 1,
         "no candidate in news.tsv": 1,
@@ -213,6 +217,18 @@ def test_no_impression_left_prints_the_counts_and_the_way_out(tmp_path):
     for imp in data.impressions:
         assert set(imp.candidates) <= known and set(imp.history) <= known
         assert 1 in imp.labels
+
+
+def test_no_impression_left_with_drop_names_no_drop_hint(tmp_path):
+    """The way out ("pass --mind-unknown drop") is offered only to a reader that skipped."""
+    behaviors = "1\tU1\t11/11/2019 9:05:58 AM\tN1\tN7-1 N9-0\n"  # no candidate known
+    _write(tmp_path, behaviors=behaviors)
+    with pytest.raises(DataError) as err:
+        load_mind(tmp_path, unknown_candidates="drop")
+    assert "skipped: 1 no candidate in news.tsv" in str(err.value)
+    assert "--mind-unknown" not in str(err.value)
+    with pytest.raises(DataError, match="pass --mind-unknown drop"):
+        load_mind(tmp_path)
 
 
 def test_unlabeled_impressions_are_opt_in(tmp_path):
@@ -377,3 +393,84 @@ def test_behaviors_file_round_trip(rows):
         path = Path(tmp) / "behaviors.tsv"
         path.write_text("".join(format_behavior_line(i) + "\n" for i in rows), encoding="utf-8")
         assert list(read_behaviors(path)) == rows
+
+
+# ------------------------------------------------------------------- through the command line
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "pocketrec.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+    )
+
+
+def test_too_few_impressions_to_split_is_an_error_with_the_counts(tmp_path):
+    """Two impressions survive the reader: no test split. Said with the reader's counts and
+    the way out, exit 2, no traceback, and no half-made run folder left behind."""
+    behaviors = (
+        "1\tU1\t11/11/2019 9:05:58 AM\tN1\tN1-1 N2-0\n"
+        "2\tU2\t11/11/2019 9:06:58 AM\t\tN2-1 N8-0\n"  # N8 unknown: skipped
+        "3\tU2\t11/11/2019 9:07:58 AM\t\tN3-1 N1-0\n"
+    )
+    folder = _write(tmp_path / "mind", behaviors=behaviors)
+    out = tmp_path / "run"
+    done = _cli("distill", "--domain", "news", "--path", str(folder), "--format", "mind",
+                "--quick", "--out", str(out))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "too few impressions (2) to split into training and test by time" in done.stderr
+    assert "3 impressions read; 2 kept; skipped: 1 candidate not in news.tsv" in done.stderr
+    assert "pass --mind-unknown drop" in done.stderr
+    assert not out.exists()  # the corrected command needs no --force
+
+
+def test_the_cli_hands_mind_unknown_to_the_news_run(tmp_path, monkeypatch):
+    from distill.news import run as news_run
+    from pocketrec.cli import main
+
+    asked = []
+
+    def fake_run_news(out, data, **kwargs):
+        asked.append(kwargs["unknown_candidates"])
+        raise DataError("stop here")  # what the run does is tested elsewhere
+
+    monkeypatch.setattr(news_run, "run_news", fake_run_news)
+    folder = _write(tmp_path / "mind")
+    base = ["distill", "--domain", "news", "--path", str(folder), "--format", "mind"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert main([*base, "--out", str(tmp_path / "b"), "--mind-unknown", "drop"]) == 2
+    assert asked == ["skip", "drop"]
+
+
+def test_mind_unknown_is_refused_for_a_medication_run(tmp_path, capsys):
+    from pocketrec.cli import main
+
+    out = tmp_path / "run"
+    args = ["distill", "--source", "mimic4-demo", "--out", str(out), "--mind-unknown", "drop"]
+    assert main(args) == 2
+    assert "--mind-unknown applies to news runs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_report_states_dropped_history_items_alone():
+    """report.md's "Data as read" line appears when only history items were dropped, and
+    not when the reader dropped and skipped nothing."""
+    from distill.news.evaluate import data_lines
+
+    data = {"behavior_rows": 10, "impressions": 10, "skipped": {}, "unknown_history_ids": 7,
+            "impressions_with_unknown_history": 3, "unknown_candidates": "drop"}  # fmt: skip
+    (line, _) = data_lines({"data_report": data})
+    assert line.startswith("Data as read (MIND reader, unknown candidates: `drop`)")
+    assert "7 history ids not in news.tsv dropped from 3 histories" in line
+    clean = data | {"unknown_history_ids": 0}
+    assert data_lines({"data_report": clean}) == []
+    (line, _) = data_lines({"data_report": clean | {"impressions_without_negative": 1}})
+    assert "1 kept impressions with no unclicked candidate" in line

@@ -352,6 +352,8 @@ def read_behaviors(
             report.unlabeled_impressions += 1
         elif 1 not in imp.labels:
             report.impressions_without_click += 1
+        elif 0 not in imp.labels:  # e.g. every unclicked candidate dropped as unknown
+            report.impressions_without_negative += 1
         yield imp
 
 
@@ -400,14 +402,22 @@ def load_mind(
         )
     )
     if not impressions:
-        hint = ""
-        if unknown_candidates == "skip" and report.skipped.get("candidate not in news.tsv"):
-            hint = (
-                "; to keep such impressions without their unknown candidates, pass "
-                "--mind-unknown drop (unknown_candidates='drop')"
-            )
-        raise DataError(f"{where}: no impressions left after reading ({report.summary()}){hint}")
+        raise DataError(
+            f"{where}: no impressions left after reading ({report.summary()})"
+            + unknown_candidates_hint(report)
+        )
     return NewsData(items, impressions, report)
+
+
+def unknown_candidates_hint(report: MindReport) -> str:
+    """The way out when impressions were skipped for candidates missing from news.tsv (only
+    with the default "skip"), as a clause to end an error with; "" otherwise."""
+    if report.unknown_candidates == "skip" and report.skipped.get("candidate not in news.tsv"):
+        return (
+            "; to keep such impressions without their unknown candidates, pass "
+            "--mind-unknown drop (unknown_candidates='drop')"
+        )
+    return ""
 
 
 # ---------------------------------------------------------------------------------------- split

@@ -25,6 +25,9 @@ class MindReport:
     empty_histories: int = 0  # kept impressions whose history is empty (after dropping unknowns)
     unlabeled_impressions: int = 0
     impressions_without_click: int = 0  # labeled, kept, no candidate clicked
+    # labeled, kept, every candidate clicked (with "drop", their unclicked ones may all have
+    # been unknown): training samples them negatives; ranking metrics cannot score them
+    impressions_without_negative: int = 0
     unknown_history_ids: int = 0  # history entries dropped because news.tsv lacks them
     impressions_with_unknown_history: int = 0
     unknown_candidate_ids: int = 0  # candidate entries missing from news.tsv
@@ -50,6 +53,7 @@ class MindReport:
             "empty_histories": self.empty_histories,
             "unlabeled_impressions": self.unlabeled_impressions,
             "impressions_without_click": self.impressions_without_click,
+            "impressions_without_negative": self.impressions_without_negative,
             "unknown_history_ids": self.unknown_history_ids,
             "impressions_with_unknown_history": self.impressions_with_unknown_history,
             "unknown_candidate_ids": self.unknown_candidate_ids,
@@ -77,6 +81,11 @@ class MindReport:
             parts.append(
                 f"{self.dropped_candidate_ids} unknown candidates dropped ({self.dropped_clicks} "
                 f"clicked) from {self.impressions_with_dropped_candidates} impressions"
+            )
+        if self.impressions_without_negative:
+            parts.append(
+                f"{self.impressions_without_negative} kept impressions with no unclicked "
+                "candidate (not scored by the ranking metrics)"
             )
         if self.unknown_history_ids:
             parts.append(

@@ -43,7 +43,14 @@ from distill.medication.train import (
     predict,
     train_student,
 )
-from distill.runs import Progress, StageClock, environment, prepare_out, write_config
+from distill.runs import (
+    Progress,
+    StageClock,
+    discard_on_bad_input,
+    environment,
+    prepare_out,
+    write_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +142,7 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     prepare_out(out, force)
     write_config(out, cfg.to_dict())
 
-    with clock("data", step="data"):
+    with clock("data", step="data"), discard_on_bad_input(out):
         d = cfg.data
         cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
         samples = build_samples(cohort, d.protocol, d.require_procedures)

@@ -133,13 +133,7 @@ def report_markdown(report: dict) -> str:
     ]
     if report.get("quick"):
         lines.insert(2, f"Quick run: {report['quick']}.\n")
-    data = report.get("data_report") or {}
-    if data.get("dropped_candidate_ids") or data.get("skipped"):
-        lines += [
-            f"Data as read (MIND reader, unknown candidates: "
-            f"`{data.get('unknown_candidates', 'skip')}`): " + data_summary(data) + ".",
-            "",
-        ]
+    lines += data_lines(report)
     if report.get("export"):  # the pipeline's report: the run's, plus its export
         e, size = report["export"], sum(report.get("size_bytes", {}).values())
         p = {k: format_number(v) for k, v in (e.get("parity") or {}).items()}
@@ -152,6 +146,24 @@ def report_markdown(report: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def data_lines(report: dict) -> list[str]:
+    """report.md's "Data as read" paragraph: when the MIND reader skipped or dropped anything
+    (impressions, candidates, history items) or kept impressions the metrics cannot score."""
+    data = report.get("data_report") or {}
+    if not (
+        data.get("dropped_candidate_ids")
+        or data.get("skipped")
+        or data.get("unknown_history_ids")
+        or data.get("impressions_without_negative")
+    ):
+        return []
+    return [
+        f"Data as read (MIND reader, unknown candidates: "
+        f"`{data.get('unknown_candidates', 'skip')}`): " + data_summary(data) + ".",
+        "",
+    ]
 
 
 def data_summary(data: dict) -> str:
@@ -171,6 +183,11 @@ def data_summary(data: dict) -> str:
         parts.append(
             f"{data['unknown_history_ids']} history ids not in news.tsv dropped from "
             f"{data.get('impressions_with_unknown_history', '?')} histories"
+        )
+    if data.get("impressions_without_negative"):
+        parts.append(
+            f"{data['impressions_without_negative']} kept impressions with no unclicked "
+            "candidate (trained on with sampled negatives, not scored by the ranking metrics)"
         )
     return "; ".join(parts)
 

@@ -131,7 +131,8 @@ def _run_news(
 ) -> dict:
     import torch
 
-    from distill.data.mind import load_mind, time_split
+    from distill.data.mind import load_mind, time_split, unknown_candidates_hint
+    from distill.data.tables import DataError
     from distill.layers import count_parameters
     from distill.news.export_inputs import write_export_inputs
     from distill.news.pieces import (
@@ -152,7 +153,7 @@ def _run_news(
         train_news_student,
     )
     from distill.news.vectors import cache_teacher_vectors, load_teacher_vectors
-    from distill.runs import Progress, StageClock, environment, prepare_out
+    from distill.runs import Progress, StageClock, discard_on_bad_input, environment, prepare_out
 
     t_start = time.perf_counter()
     # expected shares of the time (seconds of a quick MovieLens run on 2 busy cores)
@@ -194,7 +195,7 @@ def _run_news(
     }
     atomic_write_json(out / "config.json", config)
 
-    with clock("data", step="data"):
+    with clock("data", step="data"), discard_on_bad_input(out):
         data = load_mind(data_folder, unknown_candidates=unknown_candidates)
         logger.info(f"data: {data.report.summary()}")
         impressions = data.impressions
@@ -202,7 +203,11 @@ def _run_news(
             impressions = random.Random(dcfg.seed).sample(impressions, quick_impressions)
         train, val, test = time_split(impressions)
         if not train or not test:
-            raise ValueError(f"{data_folder}: too few impressions ({len(impressions)}) to split")
+            raise DataError(
+                f"{data_folder}: too few impressions ({len(impressions)}) to split into "
+                f"training and test by time ({data.report.summary()})"
+                + unknown_candidates_hint(data.report)
+            )
         if quick:
             keep_h = max(tcfg.max_history, dcfg.max_history)
             used = {c for imp in impressions for c in imp.candidates}
