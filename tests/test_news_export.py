@@ -192,6 +192,28 @@ def test_unsupported_tokenizers_are_refused():
     bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()))
     with pytest.raises(ExportError, match="BPE"):
         tokenizer_spec(bpe)
+    # the Whitespace pre-tokenizer's word class (the regex crate's Unicode \w) is not Python's:
+    # the fallback would split "x²" or "cafe\u0301" differently, so such a teacher is refused
+    from tokenizers import pre_tokenizers
+
+    words = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "x": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(ExportError, match="'Whitespace' is not supported"):
+        tokenizer_spec(PreTrainedTokenizerFast(tokenizer_object=words))
+
+
+def test_a_tokenizer_json_that_cannot_tokenize_is_refused_when_the_bundle_loads():
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from app.news.tokenizer import LibraryTokenizer
+
+    no_unk = Tokenizer(models.WordPiece(vocab={"a": 0, "b": 1}, unk_token="[UNK]"))
+    no_unk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    with pytest.raises(BundleError, match="tok.json: the tokenizers library cannot tokenize"):
+        LibraryTokenizer(no_unk.to_str(), {"<pad>": 0, "<unk>": 1}, 8, "tok.json")
+    with pytest.raises(BundleError, match="tok.json: the tokenizers library cannot read it"):
+        LibraryTokenizer("{not json", {"<pad>": 0, "<unk>": 1}, 8, "tok.json")
 
 
 def _graph(dims_in: list, dims_out: list):
@@ -376,6 +398,10 @@ def test_bundle_carries_tokenizer_json_and_both_tokenizers_agree_on_the_catalog(
     (old / "tokenizer.json").unlink()
     (old / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert load_news_bundle(old).tokenizer.backend == "python"
+    manifest["tokenizer_json"] = ["tokenizer.json"]  # not a file name
+    (old / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="tokenizer_json must be a file name"):
+        load_news_bundle(old)
 
 
 @pytest.mark.slow

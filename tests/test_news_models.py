@@ -58,7 +58,10 @@ def build_news_bert(folder: Path) -> str:
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", ":", '"', *known])}
     raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     raw.normalizer = normalizers.Lowercase()
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    # BERT's split (white space, then each punctuation mark alone), which the app's fallback
+    # reproduces exactly; the export refuses the Whitespace pre-tokenizer, whose word class
+    # Python's regex does not share
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return str(save_tiny_bert(folder, raw, len(vocab), max_positions=64))
 
 

@@ -136,6 +136,8 @@ def _tokenizer_json(folder: Path, manifest: dict) -> str | None:
     name = manifest.get("tokenizer_json")
     if name is None:
         return None
+    if not isinstance(name, str):
+        raise BundleError(f"{MANIFEST_FILE}: tokenizer_json must be a file name, got {name!r}")
     if name not in (manifest.get("files") or {}):
         raise BundleError(f"{MANIFEST_FILE}: tokenizer_json {name!r} is not listed in 'files'")
     try:
@@ -174,6 +176,7 @@ def load_news_bundle(path: str | Path, prefer_library_tokenizer: bool = True) ->
         read_json(folder, roles["pieces"]),
         _tokenizer_json(folder, manifest),
         prefer_library=prefer_library_tokenizer,
+        name=str(manifest.get("tokenizer_json")),
     )
     if len(tokenizer.pieces) != vocab_size:
         raise BundleError(

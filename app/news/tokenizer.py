@@ -16,8 +16,10 @@ tokenizer's pieces for every title of the shipped MovieLens sample (tests/test_n
 Known gap: character classes come from Python's `unicodedata`, the tokenizers library has older
 Unicode tables, so the ~500 code points whose category is newer than those (marks and
 punctuation of scripts encoded since about Unicode 10, e.g. Newa, Soyombo, some Arabic marks)
-can split differently. The WordLevel / Whitespace variant (the tests' tiny teacher) uses
-Python's regex word class.
+can split differently. WordLevel models run with BERT's pre-tokenizer or WhitespaceSplit (the
+tests' tiny teachers). Bundles written before the export refused the Whitespace pre-tokenizer
+may name it: that one is run with Python's regex word class, which differs from the library's
+on marks and other numbers.
 """
 
 from __future__ import annotations
@@ -320,15 +322,29 @@ class LibraryTokenizer:
 
     backend = "tokenizers"
 
-    def __init__(self, tokenizer_json: str, pieces: Mapping[str, int], max_tokens: int):
+    def __init__(
+        self,
+        tokenizer_json: str,
+        pieces: Mapping[str, int],
+        max_tokens: int,
+        name: str = "tokenizer.json",
+    ):
         from tokenizers import Tokenizer
 
         try:
             tok = Tokenizer.from_str(tokenizer_json)
         except Exception as e:  # the library raises its own exception type
-            raise BundleError(f"tokenizer.json: the tokenizers library cannot read it ({e})") from e
+            raise BundleError(f"{name}: the tokenizers library cannot read it ({e})") from e
         tok.no_truncation()
         tok.no_padding()
+        # a file that parses but cannot encode (e.g. no unknown token for a word outside its
+        # vocabulary) is refused here, once, rather than failing on every title later
+        try:
+            tok.encode("pocketrec 2019 \U0001f9ff", add_special_tokens=False)
+        except Exception as e:
+            raise BundleError(
+                f"{name}: the tokenizers library cannot tokenize with it ({e})"
+            ) from e
         self._tok = tok
         self.pieces = dict(pieces)
         self.max_tokens = max_tokens
@@ -346,12 +362,28 @@ class LibraryTokenizer:
 
 
 def make_tokenizer(
-    pieces_doc: Any, tokenizer_json: str | None = None, prefer_library: bool = True
+    pieces_doc: Any,
+    tokenizer_json: str | None = None,
+    prefer_library: bool = True,
+    name: str = "tokenizer.json",
 ) -> PieceTokenizer | LibraryTokenizer:
-    """The bundle's tokenizer: the library one when `tokenizer_json` is given, `prefer_library`
-    and `tokenizers` imports; else the pure-Python one. pieces.json is always checked (it holds
-    the student's vocabulary either way)."""
+    """The bundle's tokenizer: the library one when `tokenizer_json` (the text of the file
+    `name`) is given, `prefer_library` and `tokenizers` imports; else the pure-Python one.
+    pieces.json is always checked (it holds the student's vocabulary either way). Which one
+    was picked, and why, is logged."""
+    import logging
+
+    log = logging.getLogger("pocketrec")
     python = PieceTokenizer.from_document(pieces_doc)
     if tokenizer_json is None or not prefer_library or not tokenizers_available():
+        why = (
+            "the bundle has no tokenizer.json"
+            if tokenizer_json is None
+            else "asked for"
+            if not prefer_library
+            else "the tokenizers library is not installed"
+        )
+        log.info(f"news tokenizer: the pure-Python fallback ({why})")
         return python
-    return LibraryTokenizer(tokenizer_json, python.pieces, python.max_tokens)
+    log.info(f"news tokenizer: {name} in the tokenizers library")
+    return LibraryTokenizer(tokenizer_json, python.pieces, python.max_tokens, name)

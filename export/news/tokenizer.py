@@ -60,7 +60,7 @@ def tokenizer_spec(tokenizer: Any) -> dict:
     """The Hugging Face fast tokenizer `tokenizer` as data the app's tokenizer runs on.
 
     Supported: a BertNormalizer / Lowercase normalizer (or none, or a sequence of those), a
-    BertPreTokenizer / Whitespace / WhitespaceSplit pre-tokenizer and a WordPiece or WordLevel
+    BertPreTokenizer / WhitespaceSplit pre-tokenizer and a WordPiece or WordLevel
     model; added tokens must be matched on the raw text (``normalized`` false) and anywhere
     (``single_word`` false), as BERT's special tokens are. Anything else raises `ExportError`.
     """
@@ -78,6 +78,15 @@ def tokenizer_spec(tokenizer: Any) -> dict:
         raise ExportError(f"tokenizer model {kind!r} is not supported (WordPiece or WordLevel)")
     pre = data.get("pre_tokenizer")
     pre_kind = (pre or {}).get("type")
+    if pre_kind == "Whitespace":
+        # its word class is the regex crate's Unicode \w (Alphabetic, marks, decimal digits,
+        # connector punctuation); Python's differs on about 13,000 code points (marks, other
+        # numbers such as "²", U+001C..U+001F), so the app's fallback would split titles
+        # differently from training wherever the tokenizers library is missing
+        raise ExportError(
+            "tokenizer pre-tokenizer 'Whitespace' is not supported: the app's pure-Python "
+            "fallback cannot reproduce its word class (use BertPreTokenizer or WhitespaceSplit)"
+        )
     if pre_kind not in _PRE_TOKENIZERS:
         raise ExportError(f"tokenizer pre-tokenizer {pre_kind!r} is not supported")
     specials = []
