@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.json"
+PACE_FROM = 0.05  # a running step's share done from which its own pace drives the ETA
 
 
 def prepare_out(out: Path, force: bool) -> None:
@@ -122,6 +123,7 @@ class Progress:
         self._clock = clock
         self._t0 = clock()
         self._last_log: dict[str, float] = {}
+        self._started: dict[str, float] = {}
         self.min_interval = min_interval
         if log is None:
             import logging
@@ -142,11 +144,26 @@ class Progress:
         return sum(self.weights[n] * f for n, f in self.fraction.items()) / self.total
 
     def eta_s(self) -> float | None:
+        """Seconds left. While a step that reports its progress is running (at least
+        `PACE_FROM` of it done), the rest of it at its own rate and the steps after it at the
+        pace it shows against its planned weight: a plan calibrated on a small run (a quick
+        news run) can be wrong by 10x for a big one, and the running step says by how much.
+        Otherwise the time so far scaled by the planned share done."""
         done = self.overall()
         if done <= 0:
             return None
-        elapsed = self._clock() - self._t0
-        return elapsed * (1 - done) / done
+        now = self._clock()
+        running = [
+            n for n in self.order if n in self._started and PACE_FROM <= self.fraction[n] < 1.0
+        ]
+        if not running:
+            return (now - self._t0) * (1 - done) / done
+        step = running[-1]
+        f = self.fraction[step]
+        step_total = (now - self._started[step]) / f
+        pace = step_total / self.weights[step]  # seconds per unit of planned weight
+        later = sum(self.weights[n] * (1 - self.fraction[n]) for n in self.order if n != step)
+        return step_total * (1 - f) + later * pace
 
     def line(self, name: str, detail: str = "") -> str:
         f = self.fraction.get(name, 0.0)
@@ -167,6 +184,7 @@ class Progress:
 
     def start(self, name: str, detail: str = "") -> None:
         self.add(name, 1.0)
+        self._started[name] = self._clock()
         self._emit(name, detail or "started", force=True)
 
     def update(self, name: str, fraction: float, detail: str = "") -> None:

@@ -38,6 +38,29 @@ def test_bars_overall_share_and_eta():
     assert p.fraction["fold 1/2"] == 0.6
 
 
+def test_eta_follows_the_pace_of_the_running_step():
+    """A plan calibrated on a small run: "b" takes 100x its planned share. Once "b" reports
+    progress, the ETA is the rest of "b" at its own rate and "c" at the pace "b" shows,
+    not the time so far scaled by the plan (which would say 19 s)."""
+    clock = FakeClock()
+    p = Progress([("a", 1), ("b", 1), ("c", 1)], log=lambda line: None, clock=clock)
+    p.start("a")
+    clock.t = 1
+    p.done("a")
+    assert p.eta_s() == pytest.approx(2)  # no running step: the plan's shares
+    p.start("b")
+    clock.t = 2
+    p.update("b", 0.01)  # too little of it done to judge its pace
+    assert p.eta_s() == pytest.approx(2 * (1 - 1.01 / 3) / (1.01 / 3))
+    clock.t = 11
+    p.update("b", 0.1)  # 10 s for a tenth: "b" takes 100 s, "c" as long
+    assert p.eta_s() == pytest.approx(90 + 100)
+    clock.t = 101
+    p.done("b")
+    p.start("c")
+    assert p.eta_s() == pytest.approx(101 * (1 / 3) / (2 / 3))  # "c" has not reported yet
+
+
 def test_stage_clock_drives_the_steps_and_still_sums_seconds():
     lines = []
     p = Progress([("a", 1), ("b", 1)], log=lines.append)
