@@ -92,3 +92,25 @@ def test_shipped_news_bundle_feeds_a_reader_without_training_libraries():
     manifest = json.loads((ROOT / "assets" / "bundles" / "news-demo" / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is True
     assert set(manifest["metrics"]) == {"teacher", "student_kd", "student_nokd", "popularity"}
+
+
+def test_shipped_news_bundle_carries_tokenizer_json_and_both_tokenizers_agree():
+    """The shipped news bundle carries the teacher's tokenizer.json, which the app runs in the
+    tokenizers library where it installs; the pure-Python fallback of the platforms without
+    it gives the same pieces and ids for every text of the shipped catalog."""
+    import pytest
+
+    pytest.importorskip("tokenizers")
+    from app.news.bundle import load_news_bundle
+    from app.news.tokenizer import item_text
+
+    folder = ROOT / "assets" / "bundles" / "news-demo"
+    library = load_news_bundle(folder)
+    python = load_news_bundle(folder, prefer_library_tokenizer=False)
+    assert library.manifest["tokenizer_json"] in library.manifest["files"]
+    assert (library.tokenizer.backend, python.tokenizer.backend) == ("tokenizers", "python")
+    texts = [item_text(i.title, i.category) for i in library.catalog.values()]
+    assert len(texts) == 9742
+    differ = [t for t in texts if library.tokenizer.tokenize(t) != python.tokenizer.tokenize(t)]
+    assert differ == []
+    assert all(library.tokenizer.encode(t) == python.tokenizer.encode(t) for t in texts)
