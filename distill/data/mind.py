@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from distill.data.mind_report import MindReport
+from distill.data.mind_report import MindReport, unknown_candidates_hint
 from distill.data.records import Impression
 from distill.data.tables import DataError
 
@@ -407,17 +407,6 @@ def load_mind(
             + unknown_candidates_hint(report)
         )
     return NewsData(items, impressions, report)
-
-
-def unknown_candidates_hint(report: MindReport) -> str:
-    """The way out when impressions were skipped for candidates missing from news.tsv (only
-    with the default "skip"), as a clause to end an error with; "" otherwise."""
-    if report.unknown_candidates == "skip" and report.skipped.get("candidate not in news.tsv"):
-        return (
-            "; to keep such impressions without their unknown candidates, pass "
-            "--mind-unknown drop (unknown_candidates='drop')"
-        )
-    return ""
 
 
 # ---------------------------------------------------------------------------------------- split

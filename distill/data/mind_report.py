@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 EXAMPLES_KEPT = 50  # distinct unknown ids remembered as examples in the report
 
-__all__ = ["EXAMPLES_KEPT", "MindReport"]
+__all__ = ["EXAMPLES_KEPT", "MindReport", "unknown_candidates_hint"]
 
 
 @dataclass(slots=True)
@@ -96,3 +96,14 @@ class MindReport:
             ex = ", ".join(k for k, _ in self.unknown_examples.most_common(5))
             parts.append(f"unknown ids e.g. {ex}")
         return "; ".join(parts)
+
+
+def unknown_candidates_hint(report: MindReport) -> str:
+    """The way out when impressions were skipped for candidates missing from news.tsv (only
+    with the default "skip"), as a clause to end an error with; "" otherwise."""
+    if report.unknown_candidates == "skip" and report.skipped.get("candidate not in news.tsv"):
+        return (
+            "; to keep such impressions without their unknown candidates, pass "
+            "--mind-unknown drop (unknown_candidates='drop')"
+        )
+    return ""

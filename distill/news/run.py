@@ -131,7 +131,8 @@ def _run_news(
 ) -> dict:
     import torch
 
-    from distill.data.mind import load_mind, time_split, unknown_candidates_hint
+    from distill.data.mind import load_mind, time_split
+    from distill.data.mind_report import unknown_candidates_hint
     from distill.data.tables import DataError
     from distill.layers import count_parameters
     from distill.news.export_inputs import write_export_inputs
