@@ -23,7 +23,10 @@ added first in `<head>`:
   page neither asks the CDN nor trips the policy.
 
 The shipped fonts (`app.fonts`) are copied into that folder's `fonts/`, so the page asks the
-app's own server for them.
+app's own server for them. The folder goes when the app exits; one left by a server that was
+killed (a crash, SIGKILL: no exit handlers run) is removed by the next start on this machine,
+which finds its owner's process gone (`sweep_stale_clients`), so crashes do not pile up 8 MB
+copies in the temporary folder.
 
 It also pins `FLET_ASSETS_DIR` (which would replace that folder) and `FLET_WEB_NO_CDN=1` (flet-web
 reads it over `no_cdn`) in the environment, as `app.main.run` does with the server's address.
@@ -115,13 +118,47 @@ def local_index_html(index: str, port: int) -> str:
     return index[: head.end()] + added + index[head.end() :]
 
 
+CLIENT_PREFIX = "pocketrec-web-"
+OWNER_FILE = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: signal 0 checks, it sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale_clients(tmp: str | Path | None = None) -> list[Path]:
+    """Remove client folders (`prepare_client`'s) whose owner process is gone; returns them.
+    A folder without an owner file is left alone (it may be being written). POSIX only: on
+    Windows `os.kill(pid, 0)` would end the process, so nothing is swept there."""
+    if os.name != "posix":
+        return []
+    removed = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{CLIENT_PREFIX}*"):
+        try:
+            pid = int((folder / OWNER_FILE).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def prepare_client(port: int) -> str:
     """Write the local index.html and the Rive stub into a new temporary folder (removed at
-    exit), pin the environment so flet-web uses it with no CDN, and return the folder: pass it
-    as `ft.run(..., assets_dir=...)`."""
+    exit; a killed server's is swept by the next start), pin the environment so flet-web uses
+    it with no CDN, and return the folder: pass it as `ft.run(..., assets_dir=...)`."""
     source = flet_web_dir() / "index.html"
-    folder = Path(tempfile.mkdtemp(prefix="pocketrec-web-"))
+    sweep_stale_clients()
+    folder = Path(tempfile.mkdtemp(prefix=CLIENT_PREFIX))
     atexit.register(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+    (folder / OWNER_FILE).write_text(str(os.getpid()), encoding="ascii")
     page = local_index_html(source.read_text(encoding="utf-8"), port)
     (folder / "index.html").write_text(page, encoding="utf-8")
     (folder / STUB_DIR).mkdir()

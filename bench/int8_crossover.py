@@ -36,7 +36,9 @@ Usage: python bench/int8_crossover.py [--run runs/demo/run] [--dims 32 64 96 128
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -109,11 +111,14 @@ def profile_ops(source, items: list, output: str, optimise: bool = True) -> dict
     import json
 
     folder = Path(tempfile.mkdtemp(prefix="pocketrec-profile-"))
-    session = _session(source, optimise=optimise, profile_prefix=str(folder / "p"))
-    calls = [items[i % len(items)] for i in range(PROFILE_CALLS)]
-    for x in calls:
-        session.run([output], x)
-    events = json.loads(Path(session.end_profiling()).read_text())
+    try:
+        session = _session(source, optimise=optimise, profile_prefix=str(folder / "p"))
+        calls = [items[i % len(items)] for i in range(PROFILE_CALLS)]
+        for x in calls:
+            session.run([output], x)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the profile is ~30 MB of JSON
     per_op: dict[str, dict] = {}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -174,6 +179,7 @@ def main() -> None:
     singles = [trim_padding({k: arrays[k][[i]] for k in INPUT_NAMES}) for i in order]
 
     tmp = Path(tempfile.mkdtemp(prefix="pocketrec-crossover-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # 24 graphs, ~40 MB
     models = {"trained": (state_of(student), config)}
     for dim in args.dims:
         wider = dataclasses.replace(config, dim=dim)

@@ -20,6 +20,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -84,6 +86,7 @@ def main() -> None:
     from app.news.tokenizer import tokenizers_available
 
     work = Path(tempfile.mkdtemp(prefix="pocketrec-news-startup-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # the databases, ~30 MB
     backends = [True, False] if tokenizers_available() else [False]
     result: dict = {"starts": {}}
     for library in backends:

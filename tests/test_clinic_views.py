@@ -4,6 +4,7 @@ fallback, served by the web client's own folder), scroll activity wiring."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,3 +113,35 @@ def test_scrollable_columns_report_activity():
     _watch_scrolling(root, handler)
     assert inner.on_scroll is handler and inner.scroll_interval == 1000
     assert own.on_scroll is not handler
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep is POSIX only")
+def test_a_killed_servers_client_folder_is_swept_by_the_next_start(tmp_path):
+    """A server killed with SIGKILL runs no exit handler and leaves its 8 MB client folder;
+    the next start removes folders whose owner process is gone, and only those."""
+    import subprocess
+    import sys
+
+    from app import web_offline
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        folders = {}
+        for name, pid in (("dead", gone.pid), ("live", live.pid), ("mine", os.getpid())):
+            folders[name] = tmp_path / f"{web_offline.CLIENT_PREFIX}{name}"
+            (folders[name] / "fonts").mkdir(parents=True)
+            (folders[name] / web_offline.OWNER_FILE).write_text(str(pid))
+        folders["unowned"] = tmp_path / f"{web_offline.CLIENT_PREFIX}unowned"
+        folders["unowned"].mkdir()  # no owner file (yet): left alone
+        other = tmp_path / "someone-else"
+        other.mkdir()
+        (other / web_offline.OWNER_FILE).write_text(str(gone.pid))
+        removed = web_offline.sweep_stale_clients(tmp_path)
+        assert removed == [folders["dead"]]
+        assert not folders["dead"].exists() and other.exists()
+        assert all(folders[k].exists() for k in ("live", "mine", "unowned"))
+    finally:
+        live.kill()
+        live.wait()
