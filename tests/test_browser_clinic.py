@@ -355,7 +355,16 @@ def test_names_in_other_scripts_render_with_the_shipped_fonts(browser, server):
     requests: list[str] = []
     with app_page(browser, server, "fonts", requests=requests) as page:
         type_into(page, "new-patient-name", INTL_NAME)
-        click(page, "new-patient-create")
+        # the typed name pulls in 8 MB of fallback fonts; on a loaded machine the page can be
+        # busy parsing them for a long while, so let them arrive before the click, and give
+        # the click itself time (it once timed out at 30 s in a full run)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            any(k in u for u in requests if "/fonts/Noto" in u) for k in ("CJK", "Arabic", "Emoji")
+        ):
+            page.wait_for_timeout(200)
+        page.wait_for_load_state("networkidle", timeout=60_000)
+        click(page, "new-patient-create", click_timeout_ms=90_000)
         wait_text(page, "current-patient", "Zoë")
         page.wait_for_timeout(2500)  # the fallback fonts load on first use
         shot = screenshot(page, "clinic-fonts-names.png")
