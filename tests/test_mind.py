@@ -231,6 +231,16 @@ def test_no_impression_left_with_drop_names_no_drop_hint(tmp_path):
         load_mind(tmp_path)
 
 
+def test_identical_news_rows_repeated_are_counted_not_refused(tmp_path):
+    """MINDsmall's train and dev news.tsv share most rows: joined, each shared id comes twice,
+    identically. Those repeats are skipped and counted; a repeat that differs stays an error."""
+    twice = NEWS + NEWS.splitlines(keepends=True)[0] + NEWS.splitlines(keepends=True)[2]
+    data = load_mind(_write(tmp_path, news=twice))
+    assert data.report.news_rows == len(NEWS.splitlines()) and data.report.repeated_news_rows == 2
+    assert "(2 identical repeats skipped)" in data.report.summary()
+    assert data.report.as_dict()["repeated_news_rows"] == 2
+
+
 def test_unlabeled_impressions_are_opt_in(tmp_path):
     behaviors = "1\tU1\t11/11/2019 9:05:58 AM\tN3\tN1 N2\n"
     _write(tmp_path, behaviors=behaviors)
@@ -284,7 +294,7 @@ def test_mixed_labels_are_an_error_even_when_unlabeled_is_allowed(tmp_path):
     [
         ("N1\tsports\tfootball\tA title\n", "line 1: 4 tab-separated fields, expected 5 to 8"),
         ("N1\ta\tb\tc\td\te\tf\tg\th\n", "line 1: 9 tab-separated fields, expected 5 to 8"),
-        ("N1\ta\tb\tT\tA\nN2\ta\tb\tT\tA\nN1\ta\tb\tT\tA\n", "line 3: duplicate news id N1 .first"),
+        ("N1\ta\tb\tT\tA\nN2\ta\tb\tT\tA\nN1\ta\tb\tT2\tA\n", "line 3: news id N1 again .first"),
         ("\ta\tb\tT\tA\n", "line 1: news id is '', expected an id"),
         ("", "no news rows"),
     ],

@@ -18,10 +18,11 @@ What the reader does with problems:
 
 - Hard errors (`DataError`, naming the file, the line and what was expected): wrong field count,
   empty id, a token that is not "id-0" / "id-1", an unparsable time, an empty impression list, a
-  duplicate news id or impression id, a line that is not UTF-8.
+  news id given twice with different fields, a duplicate impression id, a line not UTF-8.
 - Counted in `MindReport` (the reader goes on): a history id missing from news.tsv is dropped from
   that history; an impression with a candidate missing from news.tsv is skipped whole by default
-  (`unknown_candidates="skip"`: dropping just the candidate could drop its click); blank lines.
+  (`unknown_candidates="skip"`: dropping just the candidate could drop its click); blank lines;
+  identical repeats of a news row (MINDsmall's train and dev news.tsv joined), skipped.
 - `unknown_candidates="drop"` (`pocketrec ... --format mind --mind-unknown drop`), for samples
   whose news.tsv lacks rows for many ids (a public MINDsmall sample does): the unknown
   candidates are dropped from the impression instead and counted (`dropped_candidate_ids`,
@@ -150,7 +151,8 @@ def find_tsv(folder: Path, name: str) -> Path:
 
 
 def read_news(path: Path, report: MindReport | None = None) -> dict[str, NewsItem]:
-    """news id -> item, in file order. Fails on a malformed row or a duplicate id."""
+    """news id -> item, in file order. Fails on a malformed row or an id given twice with
+    different fields; identical repeats are counted (`repeated_news_rows`) and skipped."""
     path = Path(path)
     report = report if report is not None else MindReport()
     report.news_file = str(path)
@@ -171,13 +173,16 @@ def read_news(path: Path, report: MindReport | None = None) -> dict[str, NewsIte
         item_id = fields[0].strip()
         if not item_id or any(c.isspace() for c in item_id):
             raise DataError(f"{path}: line {n}: news id is {fields[0]!r}, expected an id (N1234)")
-        if item_id in items:
+        item = NewsItem(item_id, *(f.strip() for f in fields[1:5]))
+        if item_id in items:  # an identical repeat (train + dev news.tsv joined) is counted
+            if items[item_id] == item:
+                report.repeated_news_rows += 1
+                continue
             raise DataError(
-                f"{path}: line {n}: duplicate news id {item_id} (first on line "
-                f"{first_line[item_id]}); expected each id once"
+                f"{path}: line {n}: news id {item_id} again (first on line {first_line[item_id]})"
+                " with a different category, title or abstract; expected each id once"
             )
-        items[item_id] = NewsItem(item_id, *(f.strip() for f in fields[1:5]))
-        first_line[item_id] = n
+        items[item_id], first_line[item_id] = item, n
         report.news_rows += 1
     if not items:
         raise DataError(f"{path}: no news rows (expected news_id<TAB>category<TAB>... lines)")

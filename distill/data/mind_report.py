@@ -19,6 +19,7 @@ class MindReport:
     news_file: str = ""
     behaviors_file: str = ""
     news_rows: int = 0
+    repeated_news_rows: int = 0  # identical repeats of an earlier row, skipped
     behavior_rows: int = 0
     impressions: int = 0  # kept
     blank_lines: int = 0
@@ -47,6 +48,7 @@ class MindReport:
             "news_file": self.news_file,
             "behaviors_file": self.behaviors_file,
             "news_rows": self.news_rows,
+            "repeated_news_rows": self.repeated_news_rows,
             "behavior_rows": self.behavior_rows,
             "impressions": self.impressions,
             "blank_lines": self.blank_lines,
@@ -68,7 +70,12 @@ class MindReport:
     def summary(self) -> str:
         """One line of what was read, skipped and dropped (for errors and logs)."""
         parts = [
-            f"{self.news_rows} news rows",
+            f"{self.news_rows} news rows"
+            + (
+                f" ({self.repeated_news_rows} identical repeats skipped)"
+                if self.repeated_news_rows
+                else ""
+            ),
             f"{self.behavior_rows} impressions read",
             f"{self.impressions} kept",
         ]
