@@ -123,11 +123,14 @@ OWNER_FILE = "owner.pid"
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` exists; True (leave its folder alone) when that cannot be said."""
+    if pid <= 0:
+        return True
     try:
         os.kill(pid, 0)  # POSIX only: signal 0 checks, it sends nothing
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, someone else's
+    except (PermissionError, OverflowError):  # someone else's, or not a pid at all
         return True
     return True
 
@@ -141,12 +144,15 @@ def sweep_stale_clients(tmp: str | Path | None = None) -> list[Path]:
     removed = []
     for folder in Path(tmp or tempfile.gettempdir()).glob(f"{CLIENT_PREFIX}*"):
         try:
+            if folder.stat().st_uid != os.getuid():  # only this user's own folders
+                continue
             pid = int((folder / OWNER_FILE).read_text(encoding="ascii").strip())
         except (OSError, ValueError):
             continue
         if pid != os.getpid() and not _alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+            if not folder.exists():
+                removed.append(folder)
     return removed
 
 
@@ -155,7 +161,10 @@ def prepare_client(port: int) -> str:
     exit; a killed server's is swept by the next start), pin the environment so flet-web uses
     it with no CDN, and return the folder: pass it as `ft.run(..., assets_dir=...)`."""
     source = flet_web_dir() / "index.html"
-    sweep_stale_clients()
+    try:
+        sweep_stale_clients()
+    except Exception:  # a clean-up of old folders never keeps the app from starting
+        pass
     folder = Path(tempfile.mkdtemp(prefix=CLIENT_PREFIX))
     atexit.register(functools.partial(shutil.rmtree, folder, ignore_errors=True))
     (folder / OWNER_FILE).write_text(str(os.getpid()), encoding="ascii")

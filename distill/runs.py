@@ -46,27 +46,38 @@ CONFIG_FILE = "config.json"
 PACE_FROM = 0.05  # a running step's share done from which its own pace drives the ETA
 
 
-def prepare_out(out: Path, force: bool) -> None:
-    """Make `out` an empty folder; an existing non-empty one is replaced only with `force`."""
+def prepare_out(out: Path, force: bool) -> bool:
+    """Make `out` an empty folder; an existing non-empty one is replaced only with `force`.
+    Returns whether this call made the folder (False: it was there, empty, and stays)."""
     if out.exists() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{out} is not empty; pass --force to replace it")
         shutil.rmtree(out)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return made
 
 
 @contextmanager
-def discard_on_bad_input(out: Path) -> Iterator[None]:
+def discard_on_bad_input(out: Path, made: bool) -> Iterator[None]:
     """Around a run's data stage: when the input cannot be used (a `DataError`, or a
-    ValueError / FileNotFoundError saying what is wrong with it), remove the run folder that
-    `prepare_out` made before the error goes on, so that nothing half-made is left and the
-    corrected command needs no --force."""
+    ValueError / FileNotFoundError saying what is wrong with it), undo `prepare_out` before the
+    error goes on, so that nothing half-made is left and the corrected command needs no
+    --force: the folder goes if `prepare_out` made it (`made`), else (a folder the user made,
+    empty when the run began) only what the run wrote into it."""
     from distill.data.tables import DataError
 
     try:
         yield
     except (DataError, ValueError, FileNotFoundError):
-        shutil.rmtree(out, ignore_errors=True)
+        if made and not out.is_symlink():
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for child in out.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
 
 
@@ -124,6 +135,7 @@ class Progress:
         self._t0 = clock()
         self._last_log: dict[str, float] = {}
         self._started: dict[str, float] = {}
+        self._pace: float | None = None  # seconds per planned unit of the last paced step
         self.min_interval = min_interval
         if log is None:
             import logging
@@ -148,7 +160,8 @@ class Progress:
         `PACE_FROM` of it done), the rest of it at its own rate and the steps after it at the
         pace it shows against its planned weight: a plan calibrated on a small run (a quick
         news run) can be wrong by 10x for a big one, and the running step says by how much.
-        Otherwise the time so far scaled by the planned share done."""
+        Between such steps, the rest of the plan at the pace the last one had; before any,
+        the time so far scaled by the planned share done."""
         done = self.overall()
         if done <= 0:
             return None
@@ -157,7 +170,10 @@ class Progress:
             n for n in self.order if n in self._started and PACE_FROM <= self.fraction[n] < 1.0
         ]
         if not running:
-            return (now - self._t0) * (1 - done) / done
+            if self._pace is None:
+                return (now - self._t0) * (1 - done) / done
+            # between paced steps: the rest of the plan at the last one's measured pace
+            return self._pace * sum(self.weights[n] * (1 - self.fraction[n]) for n in self.order)
         step = running[-1]
         f = self.fraction[step]
         step_total = (now - self._started[step]) / f
@@ -195,6 +211,8 @@ class Progress:
 
     def done(self, name: str, detail: str = "") -> None:
         self.add(name, 1.0)
+        if name in self._started and self.fraction[name] >= PACE_FROM:  # it reported progress
+            self._pace = (self._clock() - self._started[name]) / self.weights[name]
         self.fraction[name] = 1.0
         self._emit(name, detail or "done", force=True)
 

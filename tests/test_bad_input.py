@@ -318,3 +318,11 @@ def test_distill_on_an_unreadable_export_leaves_no_run_folder(tmp_path):
     assert last.startswith("pocketrec: error:") and "Traceback" not in done.stderr
     assert "missing table PRESCRIPTIONS" in last
     assert not out.exists()
+    # a folder the user made (empty, so allowed without --force) stays, emptied again
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pocketrec.cli", "distill", "--path", str(folder),
+         "--format", "mimic3", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and out.is_dir() and not any(out.iterdir())

@@ -135,13 +135,16 @@ def test_a_killed_servers_client_folder_is_swept_by_the_next_start(tmp_path):
             (folders[name] / web_offline.OWNER_FILE).write_text(str(pid))
         folders["unowned"] = tmp_path / f"{web_offline.CLIENT_PREFIX}unowned"
         folders["unowned"].mkdir()  # no owner file (yet): left alone
+        folders["odd"] = tmp_path / f"{web_offline.CLIENT_PREFIX}odd"
+        folders["odd"].mkdir()  # not a process id at all: left alone, and no crash
+        (folders["odd"] / web_offline.OWNER_FILE).write_text("99999999999999999999")
         other = tmp_path / "someone-else"
         other.mkdir()
         (other / web_offline.OWNER_FILE).write_text(str(gone.pid))
         removed = web_offline.sweep_stale_clients(tmp_path)
         assert removed == [folders["dead"]]
         assert not folders["dead"].exists() and other.exists()
-        assert all(folders[k].exists() for k in ("live", "mine", "unowned"))
+        assert all(folders[k].exists() for k in ("live", "mine", "unowned", "odd"))
     finally:
         live.kill()
         live.wait()

@@ -202,11 +202,14 @@ def test_unsupported_tokenizers_are_refused():
         tokenizer_spec(PreTrainedTokenizerFast(tokenizer_object=words))
 
 
-def test_a_tokenizer_json_that_cannot_tokenize_is_refused_when_the_bundle_loads():
+def test_a_tokenizer_json_the_library_cannot_run_gives_the_fallback(caplog):
+    """The library tokenizer refuses, with the file's name, a tokenizer.json it cannot read or
+    run; the bundle then runs the pure-Python one (the same tokenizer, as pieces.json) and
+    says why, rather than losing the News tab."""
     pytest.importorskip("tokenizers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from app.news.tokenizer import LibraryTokenizer
+    from app.news.tokenizer import LibraryTokenizer, make_tokenizer
 
     no_unk = Tokenizer(models.WordPiece(vocab={"a": 0, "b": 1}, unk_token="[UNK]"))
     no_unk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -214,6 +217,12 @@ def test_a_tokenizer_json_that_cannot_tokenize_is_refused_when_the_bundle_loads(
         LibraryTokenizer(no_unk.to_str(), {"<pad>": 0, "<unk>": 1}, 8, "tok.json")
     with pytest.raises(BundleError, match="tok.json: the tokenizers library cannot read it"):
         LibraryTokenizer("{not json", {"<pad>": 0, "<unk>": 1}, 8, "tok.json")
+    doc = {"format": PIECES_FORMAT, "tokenizer": SPEC, "pieces": {"<pad>": 0, "<unk>": 1},
+           "max_tokens": 4}  # fmt: skip
+    with caplog.at_level("WARNING", logger="pocketrec"):
+        tok = make_tokenizer(doc, "{not json", name="tok.json")
+    assert tok.backend == "python"
+    assert "pure-Python fallback, as tok.json: the tokenizers library cannot read it" in caplog.text
 
 
 def _graph(dims_in: list, dims_out: list):

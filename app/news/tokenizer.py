@@ -369,7 +369,8 @@ def make_tokenizer(
 ) -> PieceTokenizer | LibraryTokenizer:
     """The bundle's tokenizer: the library one when `tokenizer_json` (the text of the file
     `name`) is given, `prefer_library` and `tokenizers` imports; else the pure-Python one.
-    pieces.json is always checked (it holds the student's vocabulary either way). Which one
+    pieces.json is always checked (it holds the student's vocabulary either way). A
+    tokenizer.json the installed library cannot read or run gives the fallback too. Which one
     was picked, and why, is logged."""
     import logging
 
@@ -385,5 +386,12 @@ def make_tokenizer(
         )
         log.info(f"news tokenizer: the pure-Python fallback ({why})")
         return python
+    try:
+        library = LibraryTokenizer(tokenizer_json, python.pieces, python.max_tokens, name)
+    except BundleError as e:
+        # the file passed its sha256, so this is a library that reads it differently (an
+        # older version): the fallback is the same tokenizer, checked against it at export
+        log.warning(f"news tokenizer: the pure-Python fallback, as {e}")
+        return python
     log.info(f"news tokenizer: {name} in the tokenizers library")
-    return LibraryTokenizer(tokenizer_json, python.pieces, python.max_tokens, name)
+    return library

@@ -139,10 +139,10 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     progress = _plan(cfg)
     clock = StageClock(progress)
     out = Path(out)
-    prepare_out(out, force)
+    made = prepare_out(out, force)
     write_config(out, cfg.to_dict())
 
-    with clock("data", step="data"), discard_on_bad_input(out):
+    with clock("data", step="data"), discard_on_bad_input(out, made):
         d = cfg.data
         cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
         samples = build_samples(cohort, d.protocol, d.require_procedures)

@@ -181,7 +181,7 @@ def _run_news(
     dcfg = distill_cfg or NewsDistillConfig()
     if quick:
         tcfg, dcfg = quick_configs(tcfg, dcfg)
-    prepare_out(out, force)
+    made = prepare_out(out, force)
     config = {
         "data_folder": str(data_folder),
         "source": source,
@@ -196,7 +196,7 @@ def _run_news(
     }
     atomic_write_json(out / "config.json", config)
 
-    with clock("data", step="data"), discard_on_bad_input(out):
+    with clock("data", step="data"), discard_on_bad_input(out, made):
         data = load_mind(data_folder, unknown_candidates=unknown_candidates)
         logger.info(f"data: {data.report.summary()}")
         impressions = data.impressions
