@@ -35,6 +35,7 @@ reads it over `no_cdn`) in the environment, as `app.main.run` does with the serv
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib.util
 import os
@@ -161,10 +162,8 @@ def prepare_client(port: int) -> str:
     exit; a killed server's is swept by the next start), pin the environment so flet-web uses
     it with no CDN, and return the folder: pass it as `ft.run(..., assets_dir=...)`."""
     source = flet_web_dir() / "index.html"
-    try:
+    with contextlib.suppress(Exception):  # a clean-up of old folders never blocks a start
         sweep_stale_clients()
-    except Exception:  # a clean-up of old folders never keeps the app from starting
-        pass
     folder = Path(tempfile.mkdtemp(prefix=CLIENT_PREFIX))
     atexit.register(functools.partial(shutil.rmtree, folder, ignore_errors=True))
     (folder / OWNER_FILE).write_text(str(os.getpid()), encoding="ascii")

@@ -70,7 +70,7 @@ def discard_on_bad_input(out: Path, made: bool) -> Iterator[None]:
     try:
         yield
     except (DataError, ValueError, FileNotFoundError):
-        if made and not out.is_symlink():
+        if made:
             shutil.rmtree(out, ignore_errors=True)
         else:
             for child in out.iterdir():
@@ -173,13 +173,16 @@ class Progress:
             if self._pace is None:
                 return (now - self._t0) * (1 - done) / done
             # between paced steps: the rest of the plan at the last one's measured pace
-            return self._pace * sum(self.weights[n] * (1 - self.fraction[n]) for n in self.order)
+            return self._pace * self._weight_left()
         step = running[-1]
         f = self.fraction[step]
         step_total = (now - self._started[step]) / f
         pace = step_total / self.weights[step]  # seconds per unit of planned weight
-        later = sum(self.weights[n] * (1 - self.fraction[n]) for n in self.order if n != step)
-        return step_total * (1 - f) + later * pace
+        return step_total * (1 - f) + self._weight_left(but=step) * pace
+
+    def _weight_left(self, but: str | None = None) -> float:
+        """The planned weight not yet done, leaving out step `but`."""
+        return sum(self.weights[n] * (1 - self.fraction[n]) for n in self.order if n != but)
 
     def line(self, name: str, detail: str = "") -> str:
         f = self.fraction.get(name, 0.0)

@@ -376,14 +376,14 @@ def make_tokenizer(
 
     log = logging.getLogger("pocketrec")
     python = PieceTokenizer.from_document(pieces_doc)
-    if tokenizer_json is None or not prefer_library or not tokenizers_available():
-        why = (
-            "the bundle has no tokenizer.json"
-            if tokenizer_json is None
-            else "asked for"
-            if not prefer_library
-            else "the tokenizers library is not installed"
-        )
+    why = None
+    if tokenizer_json is None:
+        why = "the bundle has no tokenizer.json"
+    elif not prefer_library:
+        why = "asked for"
+    elif not tokenizers_available():
+        why = "the tokenizers library is not installed"
+    if why is not None:
         log.info(f"news tokenizer: the pure-Python fallback ({why})")
         return python
     try:

@@ -450,8 +450,8 @@ def build_graph(
 def weights_only(model, min_elements: int = WEIGHT_MIN_ELEMENTS):
     """A copy of the fp32 compact graph `model` whose tables and weight matrices (every 2-D
     float initializer of at least `min_elements` values: `graph_builder.is_weight_matrix`) are
-    stored int8, one scale per column
-    (integer columns exact), each restored by a Cast and a Mul at the head of the graph.
+    stored int8, one scale per column (integer columns exact), each restored by a Cast and a
+    Mul at the head of the graph.
 
     Their inputs are all initializers, so ONNX Runtime's constant folding turns them back into
     the float tables when a session is created: the file is the int8 graph's size and the

@@ -161,8 +161,7 @@ def export_run(
                 held = Heldout(remap_arrays(held.arrays, pruning), held.sample_ids,
                                held.n_validation)  # fmt: skip
             fp32, int8 = tmp / f"fold{fold}.fp32.onnx", tmp / f"fold{fold}.int8.onnx"
-            quant = PRESETS[preset] if preset is not None else None
-            info, qinfo = export_compact(model, scfg, fp32, int8, quant, int8_form)
+            info, qinfo = export_compact(model, scfg, fp32, int8, preset, int8_form)
             test = held.test
             probs = _ort_probs(int8, test)
             per_fold.append(ev.medication_scores(test["y"], probs, probs >= threshold, ddi_idx))

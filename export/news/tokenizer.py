@@ -51,8 +51,16 @@ def _normalizer_steps(node: Any) -> list[str]:
 
 _PRE_TOKENIZERS = {
     "BertPreTokenizer": "bert",
-    "Whitespace": "whitespace",
     "WhitespaceSplit": "whitespace_split",
+}
+# why a pre-tokenizer is refused, where there is more to say than "not supported": Whitespace's
+# word class is the regex crate's Unicode \w (Alphabetic, marks, decimal digits, connector
+# punctuation); Python's differs on about 13,000 code points (marks, other numbers such as "²",
+# U+001C..U+001F), so the app's fallback would split titles differently from training wherever
+# the tokenizers library is missing
+_REFUSED_BECAUSE = {
+    "Whitespace": ": the app's pure-Python fallback cannot reproduce its word class (use "
+    "BertPreTokenizer or WhitespaceSplit)",
 }
 
 
@@ -78,17 +86,9 @@ def tokenizer_spec(tokenizer: Any) -> dict:
         raise ExportError(f"tokenizer model {kind!r} is not supported (WordPiece or WordLevel)")
     pre = data.get("pre_tokenizer")
     pre_kind = (pre or {}).get("type")
-    if pre_kind == "Whitespace":
-        # its word class is the regex crate's Unicode \w (Alphabetic, marks, decimal digits,
-        # connector punctuation); Python's differs on about 13,000 code points (marks, other
-        # numbers such as "²", U+001C..U+001F), so the app's fallback would split titles
-        # differently from training wherever the tokenizers library is missing
-        raise ExportError(
-            "tokenizer pre-tokenizer 'Whitespace' is not supported: the app's pure-Python "
-            "fallback cannot reproduce its word class (use BertPreTokenizer or WhitespaceSplit)"
-        )
     if pre_kind not in _PRE_TOKENIZERS:
-        raise ExportError(f"tokenizer pre-tokenizer {pre_kind!r} is not supported")
+        why = _REFUSED_BECAUSE.get(pre_kind, "")
+        raise ExportError(f"tokenizer pre-tokenizer {pre_kind!r} is not supported{why}")
     specials = []
     for tok in data.get("added_tokens") or []:
         if tok.get("normalized") or tok.get("single_word"):
