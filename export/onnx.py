@@ -86,6 +86,23 @@ def describe(model, path: Path | None = None) -> dict:
     return info
 
 
+def model_entry(info: dict, qinfo: dict, file: str | None = None) -> dict:
+    """A bundle manifest's entry for one int8 graph: `describe`'s summary of its fp32 graph
+    (`info`) and the quantisation record (`qinfo`), with the file name where given."""
+    entry = {"file": file} if file is not None else {}
+    entry.update(
+        opset=info["opset"],
+        inputs=[i["name"] for i in info["inputs"]],
+        outputs=[o["name"] for o in info["outputs"]],
+        input_specs=info["inputs"],
+        output_specs=info["outputs"],
+        ops=info.get("ops"),
+        fp32_bytes=info.get("bytes"),
+        quantization=qinfo,
+    )
+    return entry
+
+
 def strip_debug_info(model) -> int:
     """Drop the exporter's per-node debug metadata in place; returns the bytes saved.
 

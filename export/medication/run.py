@@ -38,6 +38,7 @@ from distill.medication.student import load_student
 from distill.runs import read_config
 from export.medication.bundle import write_bundle
 from export.medication.prune import prune_student, prune_vocab, remap_arrays
+from export.onnx import model_entry
 
 __all__ = [
     "combined_report",
@@ -210,16 +211,7 @@ def export_run(
             student_config=scfg.to_dict(),
             tensor_config=cfg["tensors"],
             threshold=threshold,
-            model_info={
-                "opset": info["opset"],
-                "inputs": [i["name"] for i in info["inputs"]],
-                "outputs": [o["name"] for o in info["outputs"]],
-                "input_specs": info["inputs"],
-                "output_specs": info["outputs"],
-                "ops": info.get("ops"),
-                "fp32_bytes": info.get("bytes"),
-                "quantization": qinfo,
-            },
+            model_info=model_entry(info, qinfo),
             metrics=combined["models"],
             # the shipped student's own count: its vocabulary is cut to what it trained on
             params={**report["params"], "student": sum(p.numel() for p in model.parameters())},

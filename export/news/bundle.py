@@ -36,23 +36,8 @@ __all__ = [
     "catalog_document",
     "cold_start_settings",
     "model_card",
-    "model_entry",
     "write_bundle",
 ]
-
-
-def model_entry(info: dict, qinfo: dict, file: str) -> dict:
-    return {
-        "file": file,
-        "opset": info["opset"],
-        "inputs": [i["name"] for i in info["inputs"]],
-        "outputs": [o["name"] for o in info["outputs"]],
-        "input_specs": info["inputs"],
-        "output_specs": info["outputs"],
-        "ops": info.get("ops"),
-        "fp32_bytes": info.get("bytes"),
-        "quantization": qinfo,
-    }
 
 
 def model_card(manifest: dict) -> str:

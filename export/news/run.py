@@ -31,11 +31,10 @@ from distill.news.pieces import TEXT_TEMPLATE
 from export.news.bundle import (
     catalog_document,
     cold_start_settings,
-    model_entry,
     write_bundle,
 )
 from export.news.parity import TOP_K
-from export.onnx import ExportError
+from export.onnx import ExportError, model_entry
 
 __all__ = [
     "DOMAIN",
