@@ -105,11 +105,37 @@ def read_table(
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: unparsable row after line {start - 1}: {e}") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text near line {start}: {e.reason}") from None
+        # pandas decodes blocks of many lines, so it only knows the chunk; find the line itself
+        raise DataError(
+            _locate_damage(path) or f"{path}: not UTF-8 text near line {start}: {e.reason}"
+        ) from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip data near line {start}: {e}") from None
+        raise DataError(
+            _locate_damage(path) or f"{path}: truncated or corrupt gzip data near line {start}: {e}"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file (expected a CSV header line)") from None
+
+
+def _locate_damage(path: Path) -> str | None:
+    """Re-read `path` line by line (only after an error, so the normal path reads once) and
+    describe its first damage: a line that is not UTF-8, or where gzip data stops. None if the
+    file reads cleanly this time."""
+    n = 0  # complete lines read so far
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+            for raw in f:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return f"{path}: line {n + 1}: not UTF-8 text: {e.reason} at byte {e.start + 1}"
+                if raw.endswith(b"\n"):
+                    n += 1
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        return f"{path}: truncated or corrupt gzip data after line {n} (the last complete one): {e}"
+    except OSError:
+        return None
+    return None
 
 
 def parse_times(
