@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -317,13 +318,31 @@ def test_split_layout(tmp_path):
     _write(tmp_path / "dev", behaviors=GOOD_ROW)
     assert len(load_mind(tmp_path, split="train").impressions) == 3
     assert len(load_mind(tmp_path, split="dev").impressions) == 1
-    with pytest.raises(DataError, match="pass split= naming one of dev, train"):
+    advice = f"pass --path {tmp_path / 'dev'} or --path {tmp_path / 'train'}"
+    with pytest.raises(DataError, match=re.escape(advice) + "$"):
         load_mind(tmp_path)
     with pytest.raises(DataError, match=r"no test/ subfolder \(found: dev, train\)"):
         load_mind(tmp_path, split="test")
     (tmp_path / "dev" / "behaviors.tsv").unlink()
     with pytest.raises(DataError, match=r"dev: missing behaviors\.tsv"):
         load_mind(tmp_path, split="dev")
+
+
+def test_split_layout_advice_is_a_command_line_that_works(tmp_path, capsys):
+    """The CLI has no --split: the error names the subfolder to give as --path, and only
+    subfolders that hold MIND files."""
+    from pocketrec.cli import main
+
+    _write(tmp_path / "mind_split" / "train")
+    (tmp_path / "mind_split" / "notes").mkdir()
+    out = tmp_path / "n2"
+    args = ["distill", "--domain", "news", "--format", "mind", "--out", str(out), "--quick"]
+    assert main([*args, "--path", str(tmp_path / "mind_split")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    advised = tmp_path / "mind_split" / "train"
+    assert err.endswith(f"split subfolders: pass --path {advised}"), err
+    assert "split=" not in err and not out.exists()
+    assert len(load_mind(advised).impressions) == 3
 
 
 def test_readers_stream(tmp_path):

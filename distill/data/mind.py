@@ -376,15 +376,20 @@ def mind_folder(folder: Path, split: str | None = None) -> Path:
                 f"{folder}: no {split}/ subfolder (found: {', '.join(found) or 'none'})"
             )
         return sub
-    names = {p.name.lower() for p in folder.iterdir()}
-    if not names & {"news.tsv", "news.tsv.gz", "behaviors.tsv", "behaviors.tsv.gz"}:
-        splits = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not _holds_mind_files(folder):
+        splits = sorted(p for p in folder.iterdir() if p.is_dir() and _holds_mind_files(p))
         if splits:
+            # name the paths to give: the CLI's --path takes a split folder, it has no --split
             raise DataError(
-                f"{folder}: no news.tsv or behaviors.tsv here; for split subfolders pass split= "
-                f"naming one of {', '.join(splits)}"
+                f"{folder}: no news.tsv or behaviors.tsv here; they are in split subfolders: "
+                f"pass {' or '.join(f'--path {p}' for p in splits)}"
             )
     return folder
+
+
+def _holds_mind_files(folder: Path) -> bool:
+    names = {p.name.lower() for p in folder.iterdir()}
+    return bool(names & {"news.tsv", "news.tsv.gz", "behaviors.tsv", "behaviors.tsv.gz"})
 
 
 def load_mind(
