@@ -16,7 +16,10 @@ Layout of one sample (V = `TensorConfig.max_visits`):
   icd9cm:428, icd10cm:I5021 -> icd10cm:I50, icd9pcs:9671 -> icd9pcs:96, icd10pcs:02HV33Z ->
   icd10pcs:02H), each category once, only those the vocabulary knows and that are not already
   codes of the row. So a code the model never saw still moves the scores through its category;
-  the code itself is still encoded as <unk> and reported unknown, a category never is.
+  the code itself is reported unknown, a category never is;
+- a code (or profile token) the vocabulary lacks is left out of its row, not written as <unk>:
+  the vocabularies cover the whole cohort, so no training sample holds <unk> and its row never
+  learnt anything (it would move the scores by noise). The caller counts and reports it.
 
 Every vocabulary maps `<pad>` to 0 and `<unk>` to 1; label index = medication id - 2.
 """
@@ -53,7 +56,8 @@ LABEL_OFFSET = 2  # label index = medication id - 2 (after <pad>, <unk>)
 
 # (diagnoses, procedures, medications) of one visit
 VisitCodes = tuple[Sequence[str], Sequence[str], Sequence[str]]
-# kind ("diagnoses", ...) and codes -> their ids, unknown codes as UNK_ID
+# kind ("diagnoses", ...) and codes -> their ids, unknown codes as UNK_ID (left out by
+# `fill_sample`)
 Encode = Callable[[str, Sequence[str]], Sequence[int]]
 # kind and one token -> its id, UNK_ID when unknown (counts nothing)
 Lookup = Callable[[str, str], int]
@@ -187,7 +191,10 @@ def _put(
     # cut before encoding: only codes that make it into the arrays count as unknown
     cap = row.shape[0] // 2 if lookup is not None else row.shape[0]
     kept = list(codes)[:cap]
-    ids = list(encode(kind, kept))
+    # an unknown code is left out, not written as <unk>: no training sample holds <unk> (the
+    # vocabularies cover the whole cohort), so its row never learnt anything and would move
+    # the scores by noise; the caller reports the code
+    ids = [i for i in encode(kind, kept) if i != UNK_ID]
     if lookup is not None:
         # categories the vocabulary knows; an unknown one adds nothing (its child is <unk>)
         ids += [i for i in (lookup(kind, a) for a in expand_codes(kept)) if i > UNK_ID]

@@ -16,6 +16,8 @@ def default_bundle() -> Path:
 
 
 def _codes(text: str | None) -> list[str]:
+    if text and ";" in text:
+        raise ValueError(f"{text!r}: separate codes with commas, not semicolons")
     return [c.strip() for c in (text or "").split(",") if c.strip()]
 
 
@@ -44,7 +46,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     from app.medication.bundle import load_bundle
     from app.medication.recommender import CodeError, Recommender, resolve_codes
-    from app.medication.visit import DDI_SOURCE
+    from app.medication.visit import DDI_SOURCE, unknown_text
     from contract.bundle import BundleError
 
     try:
@@ -54,14 +56,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     history = []
     if args.history:
         try:
-            data = json.loads(Path(args.history).read_text(encoding="utf-8"))
-            history = [
-                (v.get("diagnoses", []), v.get("procedures", []), v.get("medications", []))
-                for v in data
-            ]
-        except (OSError, ValueError, AttributeError, TypeError) as e:
+            history = _history(Path(args.history), bundle)
+        except OSError as e:
+            return _fail(f"{args.history}: cannot read the history ({e.strerror or e})")
+        except (ValueError, CodeError) as e:
             return _fail(
-                f"{args.history}: cannot read the history ({e}); expected a JSON list of "
+                f"{args.history}: {e}; expected a JSON list of "
                 '{"diagnoses": [...], "procedures": [...], "medications": [...]}, oldest first'
             )
     known_profile = list(bundle.vocabs["profile"])
@@ -88,10 +88,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         dx, px, history=history, profile=profile, top_k=top
     )
     unknown = list(rec.unknown_codes)
-    if set(dx + px) <= set(unknown):
+    if not rec.visit_read:
         return _fail(
-            f"recommend: no known code: the model knows none of {', '.join(dx + px)}, so its "
-            "scores would be the base rates of an empty visit; check the codes (e.g. icd9cm:4019)"
+            f"recommend: no known code: the model knows none of {', '.join(dx + px)} (nor their "
+            "ICD categories), so it would score an empty visit; check the codes (e.g. "
+            "icd9cm:4019)"
         )
     hidden = rec.hidden_suggested
     out = {
@@ -107,6 +108,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         "ddi": [{"a": a, "name_a": na, "b": b, "name_b": nb} for a, b, na, nb in rec.ddi],
         "ddi_source": DDI_SOURCE,
         "unknown_codes": unknown,
+        "unknown_read_through_category": list(rec.via_category),
+        "unknown_profile": list(rec.unknown_profile),
     }
     if args.json:
         print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -131,12 +134,45 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if rec.ddi:
         print(f"  interactions: {DDI_SOURCE}")
     if unknown:
-        print(
-            f"WARNING: unknown codes, left out of the scores: {', '.join(unknown)}",
-            file=sys.stderr,
-        )
-        print(f"unknown codes (not in the bundle's vocabulary, ignored): {', '.join(unknown)}")
+        print(unknown_text(unknown, rec.via_category))
     return 0
+
+
+_HISTORY_KEYS = ("diagnoses", "procedures", "medications")
+
+
+def _history(path: Path, bundle) -> list[tuple[list[str], list[str], list[str]]]:
+    """The `--history` file: a JSON list of visits, oldest first, each an object with (any of)
+    "diagnoses", "procedures" and "medications" lists of code strings; diagnosis and procedure
+    codes are resolved as `--dx` and `--px` are. ValueError names the visit and the key."""
+    from app.medication.recommender import resolve_codes
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"the file holds a JSON {type(data).__name__}, not a list of visits")
+    visits = []
+    for n, visit in enumerate(data, start=1):
+        where = f"visit {n}"
+        if not isinstance(visit, dict):
+            raise ValueError(f"{where} is a JSON {type(visit).__name__}, not an object")
+        extra = sorted(set(visit) - set(_HISTORY_KEYS))
+        if extra:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}")
+        parts = []
+        for key in _HISTORY_KEYS:
+            codes = visit.get(key, [])
+            if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+                raise ValueError(f'{where}: "{key}" must be a list of code strings, got {codes!r}')
+            if key != "medications":
+                codes = resolve_codes(bundle, key, codes)
+            parts.append([c.strip() for c in codes if c.strip()])
+        visits.append(tuple(parts))
+    return visits
 
 
 def add_pin_parser(app_sub) -> None:

@@ -73,7 +73,62 @@ def test_no_known_code_is_refused_plainly():
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "XYZ123" in r.stderr and "icd9cm:" in r.stderr and "icd10cm:" in r.stderr
     r = recommend("--dx", "icd9cm:XYZ123")
-    assert r.returncode == 2 and "no known code" in r.stderr and "base rates" in r.stderr
+    assert r.returncode == 2 and "no known code" in r.stderr and "empty visit" in r.stderr
+
+
+def test_an_unknown_code_moves_no_score_and_is_reported_once():
+    known = json.loads(recommend("--dx", "icd9cm:4280", "--json").stdout)
+    more = recommend("--dx", "icd9cm:4280,icd9cm:ZZZZ,icd10cm:QQQ9", "--json")
+    assert more.returncode == 0, more.stderr
+    out = json.loads(more.stdout)
+    assert out["drugs"] == known["drugs"]
+    assert out["unknown_codes"] == ["icd9cm:ZZZZ", "icd10cm:QQQ9"]
+    text = recommend("--dx", "icd9cm:4280,icd9cm:ZZZZ")
+    assert text.returncode == 0 and text.stderr == ""
+    assert text.stdout.count("icd9cm:ZZZZ") == 1 and "left out of the scores" in text.stdout
+
+
+def test_a_code_read_through_its_category_is_not_refused():
+    # icd9cm:4011 is not in the shipped vocabulary, its category icd9cm:401 is
+    r = recommend("--dx", "icd9cm:4011", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["unknown_codes"] == ["icd9cm:4011"]
+    assert out["unknown_read_through_category"] == ["icd9cm:4011"]
+    assert "read only through their ICD category" in recommend("--dx", "icd9cm:4011").stdout
+
+
+def test_system_prefixes_in_any_case_and_semicolons_explained():
+    lower = json.loads(recommend("--dx", "icd9cm:4019", "--json").stdout)
+    upper = json.loads(recommend("--dx", "ICD9CM:4019", "--json").stdout)
+    assert upper["diagnoses"] == ["icd9cm:4019"] and upper["drugs"] == lower["drugs"]
+    r = recommend("--dx", "icd9cm:4019;icd9cm:4280")
+    assert r.returncode == 2 and "commas" in r.stderr
+
+
+def test_history_files_are_checked_visit_by_visit(tmp_path):
+    cases = {
+        '[{"diagnoses": "icd9cm:4280"}]': 'visit 1: "diagnoses" must be a list of code strings',
+        '[{"diagnoses": [4280]}]': 'visit 1: "diagnoses" must be a list of code strings',
+        '[{"diagnoses": ["icd9cm:4280"]}, {"diagnosis": ["icd9cm:4280"]}]': (
+            "visit 2: unknown key(s) 'diagnosis'"
+        ),
+        '{"diagnoses": []}': "not a list of visits",
+        '[{"diagnoses": ["4280"]': "not JSON",
+    }
+    for text, message in cases.items():
+        f = tmp_path / "h.json"
+        f.write_text(text, encoding="utf-8")
+        r = recommend("--dx", "icd9cm:4019", "--history", str(f))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (text, r.stderr)
+        assert message in r.stderr and str(f) in r.stderr, (text, r.stderr)
+    # codes without their system prefix are resolved in the history as in --dx
+    bare, full = tmp_path / "bare.json", tmp_path / "full.json"
+    bare.write_text('[{"diagnoses": ["4280"], "medications": ["C03C"]}]', encoding="utf-8")
+    full.write_text('[{"diagnoses": ["icd9cm:4280"], "medications": ["C03C"]}]', encoding="utf-8")
+    a = json.loads(recommend("--dx", "icd9cm:4019", "--history", str(bare), "--json").stdout)
+    b = json.loads(recommend("--dx", "icd9cm:4019", "--history", str(full), "--json").stdout)
+    assert a["drugs"] == b["drugs"] and a["unknown_codes"] == []
 
 
 def test_a_code_without_its_system_is_resolved_when_unambiguous():

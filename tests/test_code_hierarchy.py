@@ -117,7 +117,7 @@ def _ids(vocabs, kind, codes):
     return [getattr(vocabs, kind).id(c) for c in codes]
 
 
-def test_layout_codes_then_known_categories_unknowns_counted_once():
+def test_layout_known_codes_then_known_categories_unknowns_left_out_and_counted_once():
     v = MedVocabs.build(VISITS, ancestors=True)
     unknown: Counter = Counter()
     # an unseen child of a known category, an entirely unknown code, a known one
@@ -125,18 +125,17 @@ def test_layout_codes_then_known_categories_unknowns_counted_once():
     px = ["icd9pcs:9672"]  # unseen, category icd9pcs:96 known
     out = encode_visit(dx, px, [], PROFILE, v, ON, unknown)
     row = out["dx"][0, -1]
-    want = [
-        1,
-        1,
-        v.diagnoses.id("icd9cm:4019"),
-        *_ids(v, "diagnoses", ["icd9cm:428", "icd9cm:401"]),
-    ]
+    # no <unk> (id 1) is written: its row never learnt anything
+    want = [v.diagnoses.id("icd9cm:4019"), *_ids(v, "diagnoses", ["icd9cm:428", "icd9cm:401"])]
     assert row.tolist() == want + [0] * (6 - len(want))
-    assert out["px"][0, -1].tolist() == [1, v.procedures.id("icd9pcs:96"), 0, 0]
+    assert out["px"][0, -1].tolist() == [v.procedures.id("icd9pcs:96"), 0, 0, 0]
     # the codes the model does not know are counted, the categories never
     assert unknown == Counter({"icd9cm:42823": 1, "icd9cm:99999": 1, "icd9pcs:9672": 1})
     off = encode_visit(dx, px, [], PROFILE, MedVocabs.build(VISITS), OFF)
-    assert off["dx"][0, -1].tolist() == [1, 1, MedVocabs.build(VISITS).diagnoses.id("icd9cm:4019")]
+    assert off["dx"][0, -1].tolist() == [MedVocabs.build(VISITS).diagnoses.id("icd9cm:4019"), 0, 0]
+    # a visit of unknown codes only, without the hierarchy: nothing of it is written
+    alone = encode_visit(["icd9cm:99999"], [], [], PROFILE, v, OFF)
+    assert not alone["dx"][0, -1].any() and alone["visit_mask"][0, -1] == 1.0
 
 
 def test_cap_applies_to_the_codes_and_their_categories_follow():
@@ -204,10 +203,12 @@ def test_an_unseen_child_code_moves_a_tiny_models_scores():
     stranger = ["icd9cm:99999"]  # neither it nor icd9cm:999 is known
     on_child, on_stranger = scores(v, ON, child), scores(v, ON, stranger)
     assert np.abs(on_child - on_stranger).max() > 1e-4  # the category moves the scores
-    # ... exactly as the category itself would, next to an <unk>
+    # ... exactly as the category itself would: the unknown child adds nothing of its own
     np.testing.assert_allclose(on_child, scores(v, OFF, ["icd9cm:99999", "icd9cm:428"]), atol=1e-6)
-    # without the hierarchy both are just <unk>
+    np.testing.assert_allclose(on_child, scores(v, OFF, ["icd9cm:428"]), atol=1e-6)
+    # without the hierarchy both are left out: the scores of an empty visit
     np.testing.assert_allclose(scores(v, OFF, child), scores(v, OFF, stranger), atol=0)
+    np.testing.assert_allclose(scores(v, OFF, child), scores(v, OFF, []), atol=0)
 
 
 def _with_tensor_config(src, dst, **changes):

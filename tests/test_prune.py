@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from contract.layout import INPUT_NAMES, UNK_ID
+from contract.layout import INPUT_NAMES, PAD_ID
 from distill.medication.student import LeaderStudent, StudentConfig
 from export.medication.prune import Pruning, prune_student, prune_vocab, remap_arrays
 
@@ -40,8 +40,8 @@ def _logits(model, arrays) -> np.ndarray:
         return model(*(torch.from_numpy(np.asarray(arrays[k])) for k in INPUT_NAMES))[0].numpy()
 
 
-def test_pruned_student_on_remapped_ids_equals_the_student_reading_unk():
-    """Dropping rows changes nothing but the dropped codes, which read as <unk> either way."""
+def test_pruned_student_on_remapped_ids_equals_the_student_without_the_dropped_codes():
+    """Dropping rows changes nothing but the dropped codes, which are left out (pads)."""
     torch.manual_seed(0)
     model = LeaderStudent(CFG).eval()
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_pruned_student_on_remapped_ids_equals_the_student_reading_unk():
         a = arrays[name].copy()
         dropped = (a > 1) & ~np.isin(a, KEEP[kind])
         assert dropped.any()  # the test exercises dropped codes
-        a[dropped] = UNK_ID
+        a[dropped] = PAD_ID
         unk[name] = a
     np.testing.assert_allclose(_logits(pruned, remap_arrays(arrays, pruning)),
                                _logits(model, unk), rtol=1e-5, atol=1e-5)  # fmt: skip
@@ -71,7 +71,7 @@ def test_vocab_is_cut_and_renumbered():
     assert prune_vocab(tokens, pruning, "diagnoses") == {
         "<pad>": 0, "<unk>": 1, "icd9cm:401": 2, "icd9cm:428": 3,
     }  # fmt: skip
-    assert pruning.maps["diagnoses"].tolist() == [0, 1, 2, 1, 3, 1]
+    assert pruning.maps["diagnoses"].tolist() == [0, 1, 2, 0, 3, 0]
     assert pruning.summary() == {"diagnoses": {"kept": 4, "of": 6}}
     with pytest.raises(ValueError, match="outside the vocabulary"):
         Pruning({"diagnoses": 3}, {"diagnoses": [5]})

@@ -251,8 +251,20 @@ def test_loads_and_recommends(bundle_dir):
     assert all(0.0 <= p <= 1.0 for p in probs)
     assert all(d["suggested"] == (d["probability"] >= 0.5) for d in out.drugs)
     assert all(d["name"] == f"drug class {d['code']}" for d in out.drugs)
-    assert set(out.unknown_codes) == {"icd9cm:NOPE", "icd9pcs:BAD", "Q99X", "age=12"}
-    assert len(out.unknown_codes) == 4  # each once
+    assert set(out.unknown_codes) == {"icd9cm:NOPE", "icd9pcs:BAD", "Q99X"}
+    assert len(out.unknown_codes) == 3  # each once
+    assert out.unknown_profile == ["age=12"] and out.visit_read
+    # unknown codes are left out of the input: they move no score
+    clean = rec.recommend(
+        ["icd9cm:401", "icd9cm:405"],
+        ["icd9pcs:3801"],
+        history=[(["icd9cm:402"], [], ["A01X"])],
+        profile={"gender": "F"},
+        top_k=5,
+    )
+    assert [d["probability"] for d in clean.drugs] == probs
+    # nothing of the visit known: flagged, so no caller shows its scores as suggestions
+    assert not rec.recommend(["icd9cm:NOPE"], [], top_k=5).visit_read
     everything = rec.recommend(["icd9cm:401"], [], top_k=None)
     assert len(everything.drugs) == len(VOCABS.labels)
     assert sorted(d["code"] for d in everything.drugs) == sorted(VOCABS.labels)

@@ -158,6 +158,21 @@ def test_suggest_reports_unknown_codes_and_needs_input(state):
     assert visit.suggest().unknown_codes == ["icd9cm:99999"]
 
 
+def test_a_visit_the_model_reads_nothing_of_gets_no_suggestions_and_can_be_saved(state):
+    visit = open_visit(state, gender="F")
+    visit.add_code("dx", "icd9cm:99999")  # neither it nor icd9cm:999 is in the vocabulary
+    result = visit.suggest()
+    assert not result.visit_read and result.unknown_codes == ["icd9cm:99999"]
+    assert result.suggestions == [] and result.n_suggested == 0 and result.warnings == []
+    assert visit.model_suggested() == set()
+    saved = visit.save()  # the clinician's record stands; it just has no suggestions
+    assert saved
+    # one known code and the list is back
+    visit.add_code("dx", "icd9cm:4019")
+    again = visit.suggest()
+    assert again.visit_read and again.suggestions and again.unknown_codes == ["icd9cm:99999"]
+
+
 def test_ddi_warning_among_suggestions(state):
     visit = visit_with_ddi(state)
     result = visit.suggest()

@@ -134,7 +134,7 @@ def test_multi_hot_labels():
     assert got == [{"B01A", "C07A", "N02B"}, {"C07A"}]
 
 
-def test_unknown_codes_are_counted_and_become_unk():
+def test_unknown_codes_are_counted_and_left_out():
     train = [visit("a", 0, ["icd10cm:A"], ["icd10pcs:X"], ["B01A"])]
     v = MedVocabs.build(train)
     other = [
@@ -153,8 +153,10 @@ def test_unknown_codes_are_counted_and_become_unk():
     assert unknown == Counter(
         {"icd10cm:NEW": 2, "icd10pcs:Y": 1, "Z99Z": 1, "Q01Q": 1, "gender=X": 1}
     )
-    assert out["dx"][0, -2, :2].tolist() == [v.diagnoses.id("icd10cm:A"), 1]
-    assert out["med"][0, -2, 0] == 1
+    # not written as <unk> (1): no training sample holds it, so its row never learnt anything
+    assert out["dx"][0, -2, :2].tolist() == [v.diagnoses.id("icd10cm:A"), 0]
+    assert out["med"][0, -2, 0] == 0
+    assert not (out["dx"] == 1).any() and not (out["profile"] == 1).any()
     assert out["y"][0].tolist() == [1.0]  # the unknown target drug is not a label
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from app.medication.bundle import Bundle
 from contract.layout import PAD_ID, UNK_ID, empty_inputs, fill_sample, profile_tokens
 
-__all__ = ["code_list", "encode_visit", "trim_padding"]
+__all__ = ["code_list", "encode_visit", "trim_padding", "visit_read"]
 
 
 def code_list(codes: Any, what: str) -> list[str]:
@@ -75,9 +75,9 @@ def encode_visit(
     `contract.layout`: visits right-aligned with the current one last, only the last
     `max_visits` kept, the first `max_*` codes of each visit kept, the current visit's medication
     row empty; with `tensor_config.ancestors` each code's known ICD category follows the codes.
-    Unknown codes become <unk> (id 1) and are returned once each, in order seen (only codes
-    that made it into the arrays; one whose category is known is still returned: the model
-    reads it only through the category).
+    Unknown codes (and profile tokens) are left out of the arrays and returned once each, in
+    order seen (only codes within the caps; one whose category is known is still returned: the
+    model reads it only through the category).
     """
     visits = [_history_visit(h) for h in history]
     visits.append((code_list(diagnoses, "diagnoses"), code_list(procedures, "procedures"), []))
@@ -102,3 +102,9 @@ def encode_visit(
     ancestors = lookup if cfg.ancestors else None
     fill_sample(out, 0, visits, profile_tokens(profile), encode, ancestors)
     return out, list(unknown)
+
+
+def visit_read(inputs: Mapping[str, np.ndarray]) -> bool:
+    """Whether the model reads anything of the current visit of a batch-of-1 `inputs` (its
+    last slot): a known code, or the known category of an unknown one."""
+    return bool(inputs["dx"][0, -1].any() or inputs["px"][0, -1].any())

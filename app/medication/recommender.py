@@ -8,7 +8,7 @@ visit's arrays (`app.medication.encoding`) and a backend (`app.medication.backen
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ import numpy as np
 
 from app.medication.backends import NumpyBackend, OrtBackend, sigmoid
 from app.medication.bundle import Bundle, load_bundle
-from app.medication.encoding import code_list, encode_visit, trim_padding
+from app.medication.encoding import code_list, encode_visit, trim_padding, visit_read
 from app.onnx_session import onnxruntime_available
+from contract.layout import code_ancestors, profile_tokens
 
 BACKENDS = ("auto", "onnxruntime", "numpy")
 
@@ -30,7 +31,8 @@ class CodeError(ValueError):
 
 def resolve_codes(bundle: Bundle, kind: str, codes: Sequence[str]) -> list[str]:
     """`codes` of `kind` ("diagnoses" | "procedures") as the bundle writes them. A code with a
-    system prefix ("icd9cm:4019") is kept as it is (dots dropped: "icd9cm:401.9"); one without
+    system prefix ("icd9cm:4019") is kept (dots dropped: "icd9cm:401.9"; the system in lower
+    case, the code in upper case where only that is known: "ICD10CM:i509"); one without
     ("4019", "401.9") gets the prefix of the one system whose vocabulary holds it, or of the
     only system the bundle has for `kind`. Raises `CodeError` naming the prefixes when the bare
     code is in several systems' vocabularies, or in none while the bundle has several."""
@@ -41,7 +43,11 @@ def resolve_codes(bundle: Bundle, kind: str, codes: Sequence[str]) -> list[str]:
         code = raw.strip()
         system, sep, rest = code.partition(":")
         if sep:
-            out.append(f"{system}:{rest.replace('.', '')}")
+            # systems are written in lower case, codes in upper case ("ICD10CM:i509" works too)
+            system, rest = system.strip().lower(), rest.strip().replace(".", "")
+            if f"{system}:{rest}" not in vocab and f"{system}:{rest.upper()}" in vocab:
+                rest = rest.upper()
+            out.append(f"{system}:{rest}")
             continue
         bare = code.replace(".", "")
         found = [s for s in systems if f"{s}:{bare}" in vocab or f"{s}:{bare.upper()}" in vocab]
@@ -67,7 +73,11 @@ class Recommendation:
 
     `drugs`: [{"code", "name", "probability", "suggested"}] best first (`top_k` of them);
     `ddi`: (code, code, name, name) for each interacting pair among the suggested drugs;
-    `unknown_codes`: input codes the model does not know (encoded as <unk>);
+    `unknown_codes`: input codes the model does not know, left out of its input (profile
+    values it does not know are in `unknown_profile`); `via_category`: those of them it still
+    reads through their ICD category; `visit_read`: whether it reads anything of the current
+    visit (a known code, or the category of an unknown one) -- when not, the scores are those
+    of an empty visit and no caller should show them as suggestions;
     `backend`: "onnxruntime" or "numpy"; `threshold`: the bundle's decision threshold;
     `n_suggested`: classes at or above the threshold in the WHOLE ranking (more than
     `len(suggested)` when `top_k` cut the list: see `hidden_suggested`).
@@ -79,6 +89,9 @@ class Recommendation:
     backend: str
     threshold: float = 0.5
     n_suggested: int | None = None
+    via_category: list[str] = field(default_factory=list)
+    unknown_profile: list[str] = field(default_factory=list)
+    visit_read: bool = True
 
     def __post_init__(self) -> None:
         if self.n_suggested is None:
@@ -153,6 +166,10 @@ class Recommender:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1; got {top_k}")
         inputs, unknown = self.encode(diagnoses, procedures, history, profile)
+        tokens = set(profile_tokens(profile))
+        unknown_profile = [t for t in unknown if t in tokens]
+        unknown = [c for c in unknown if c not in tokens]
+        via = self.via_category(unknown)
         probs = self.scores(inputs)[0]
         order = np.argsort(-probs, kind="stable")  # ties: label order
         b = self.bundle
@@ -175,7 +192,29 @@ class Recommender:
             for y in suggested[i + 1 :]
             if b.interacts(x, y)
         ]
-        return Recommendation(drugs, pairs, unknown, self.backend, b.threshold, n_suggested)
+        return Recommendation(
+            drugs,
+            pairs,
+            unknown,
+            self.backend,
+            b.threshold,
+            n_suggested,
+            via_category=via,
+            unknown_profile=unknown_profile,
+            visit_read=visit_read(inputs),
+        )
+
+    def via_category(self, codes: Sequence[str]) -> list[str]:
+        """Those of `codes` (unknown ones) whose ICD category the model knows and reads in
+        their place (bundles with the code hierarchy on)."""
+        if not self.bundle.tensor_config.ancestors:
+            return []
+        known = self.bundle.vocabs
+        return [
+            c
+            for c in codes
+            if any(a in known["diagnoses"] or a in known["procedures"] for a in code_ancestors(c))
+        ]
 
     def ddi_with(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -121,6 +121,10 @@ class SuggestResult:
     threshold: float
     n_suggested: int = 0
     hidden: int = 0
+    # unknown codes the model still reads through their ICD category
+    via_category: list[str] = field(default_factory=list)
+    # False when the model reads nothing of the entered codes: no suggestions are shown
+    visit_read: bool = True
 
     @property
     def n_shown_suggested(self) -> int:
@@ -142,6 +146,22 @@ class SuggestResult:
         """(level, its warnings) for each level that has some, most important first."""
         groups = [(lv, [w for w in self.warnings if w.level == lv]) for lv in DDI_LEVELS]
         return [(lv, ws) for lv, ws in groups if ws]
+
+
+def unknown_text(unknown: Sequence[str], via_category: Sequence[str] = ()) -> str:
+    """One line on the entered codes the model does not know: how many, which are left out of
+    its input, and which it still reads through their ICD category."""
+    via = set(via_category)
+    left_out = [c for c in unknown if c not in via]
+    parts = []
+    if left_out:
+        parts.append(f"left out of the scores: {', '.join(left_out)}")
+    if via:
+        parts.append(
+            f"read only through their ICD category: {', '.join(c for c in unknown if c in via)}"
+        )
+    n = len(unknown)
+    return f"{n} code{'s' if n != 1 else ''} the model does not know; " + "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -307,7 +327,7 @@ class VisitState:
             return SuggestResult(
                 shown, self.warnings(), [], self.recommender.backend, self.bundle.threshold
             )
-        n_suggested = len(rec.suggested)
+        n_suggested = len(self._model_drugs(rec.suggested))
         hidden = n_suggested - sum(1 for s in shown if s.suggested)
         return SuggestResult(
             shown,
@@ -317,11 +337,19 @@ class VisitState:
             rec.threshold,
             n_suggested,
             hidden,
+            via_category=list(rec.via_category),
+            visit_read=rec.visit_read,
         )
+
+    def _model_drugs(self, drugs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # a visit the model reads nothing of gets no suggestions: its scores would be those of
+        # an empty visit, confident-looking output from no input
+        rec = self.recommendation
+        return drugs if rec is not None and rec.visit_read else []
 
     def _shown_drugs(self) -> list[dict[str, Any]]:
         rec = self.recommendation
-        if rec is None:
+        if rec is None or not rec.visit_read:
             return []
         n = max(self.top_k, len(rec.suggested)) if self.show_all else self.top_k
         return rec.drugs[:n]
@@ -343,7 +371,7 @@ class VisitState:
     def model_suggested(self) -> set[str]:
         """Every drug class the model put at or above the threshold, shown or not."""
         rec = self.recommendation
-        return set() if rec is None else {d["code"] for d in rec.suggested}
+        return set() if rec is None else {d["code"] for d in self._model_drugs(rec.suggested)}
 
     def given(self) -> list[str]:
         """Drug codes accepted or added, in decision order."""
@@ -395,12 +423,20 @@ class VisitState:
         profile = self.model_profile()
         variants: list[tuple[str, str, str, list, list, list]] = []
         titles = self.bundle.titles
+        vocabs = self.bundle.vocabs
+        # a code the model reads neither itself nor through its category changes nothing: it
+        # is listed as unknown, not as a basis
+        read = set(self.recommender.via_category(dx + px))
+        read |= {c for c in dx if c in vocabs["diagnoses"]}
+        read |= {c for c in px if c in vocabs["procedures"]}
         for i, code in enumerate(dx):
             rest = dx[:i] + dx[i + 1 :]
-            variants.append(("diagnosis", code, titles.get(code, code), rest, px, history))
+            if code in read:
+                variants.append(("diagnosis", code, titles.get(code, code), rest, px, history))
         for i, code in enumerate(px):
             rest = px[:i] + px[i + 1 :]
-            variants.append(("procedure", code, titles.get(code, code), dx, rest, history))
+            if code in read:
+                variants.append(("procedure", code, titles.get(code, code), dx, rest, history))
         for i, visit in enumerate(self.past):
             rest = history[:i] + history[i + 1 :]
             variants.append(("past visit", visit.visit_id, self._past_label(visit), dx, px, rest))

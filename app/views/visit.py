@@ -13,7 +13,7 @@ import asyncio
 import flet as ft
 
 from app.medication.codes import CodeOption
-from app.medication.visit import DDI_LEVELS, DDI_SOURCE, NOTICE, SuggestResult
+from app.medication.visit import DDI_LEVELS, DDI_SOURCE, NOTICE, SuggestResult, unknown_text
 from app.storage.errors import HistoryError
 from app.views.common import (
     DANGER,
@@ -291,14 +291,19 @@ class VisitView:
                 rows[s.code] = row
             self.rows = rows
             controls: list[ft.Control] = [row.root for row in rows.values()]
-            self.suggestion_list.controls = controls or [
-                muted("Enter a diagnosis or procedure: the suggestions appear as you add them.")
-            ]
-            self.unknown.value = "Codes the model does not know (ignored): " + ", ".join(
-                result.unknown_codes
+            empty = (
+                "The model knows none of the entered codes, nor their ICD categories: it has "
+                "nothing to suggest from. The visit can still be saved."
+                if not result.visit_read
+                else "Enter a diagnosis or procedure: the suggestions appear as you add them."
             )
+            self.suggestion_list.controls = controls or [muted(empty)]
+            self.unknown.value = unknown_text(result.unknown_codes, result.via_category)
             self.unknown_box.visible = bool(result.unknown_codes)
-            self._message(result.summary() if result.suggestions else "")
+            if not result.visit_read:
+                self._message("No suggestions: the model knows none of the entered codes.", True)
+            else:
+                self._message(result.summary() if result.suggestions else "")
         else:
             for s in result.suggestions:
                 if s.code in self.rows:

@@ -103,7 +103,7 @@ def encode_samples(
     cfg: TensorConfig,
     unknown: Counter | None = None,
 ) -> dict[str, np.ndarray]:
-    """Arrays for `samples` (keys `INPUT_NAMES` + "y"); unknown codes become <unk>, counted."""
+    """Arrays for `samples` (keys `INPUT_NAMES` + "y"); unknown codes are left out, counted."""
     n = len(samples)
     out = empty_inputs(n, cfg)
     y = np.zeros((n, len(vocabs.labels)), dtype=np.float32)

@@ -3,17 +3,16 @@
 A run's vocabularies cover every visit of the cohort, the test patients' too, so each fold's
 student carries rows for diagnosis and procedure codes it never trained on: wide rows at zero,
 embedding rows still at their random start. On the device such a code would count as known
-while it tells the model nothing (or noise). `prune_student` drops those rows: the pruned
-student reads them as `<unk>`, the app reports them as unknown codes, and the bundle is smaller.
+while it tells the model nothing (or noise). `prune_student` drops those rows: the app leaves
+such a code out of the input (as every unknown code, `contract.layout`) and reports it, and the
+bundle is smaller.
 The kept ids come from the run (``fold<k>/trained_ids.json``, every id found in the samples the
 fold's students trained on); `<pad>`, `<unk>`, the medications (one per label) and the profile
 are always kept.
 
-`remap_arrays` gives held-out arrays the pruned ids (a dropped id becomes `<unk>`), so parity
-and the int8 metrics are measured on the inputs the device will build. One difference remains:
-with the code hierarchy on, the device leaves out an ICD category its vocabulary lacks, while a
-remapped array holds `<unk>` there; categories the training patients never had are rare in a
-held-out visit.
+`remap_arrays` gives held-out arrays the pruned ids (a dropped id becomes `<pad>`, i.e. left
+out: the student masks pads wherever they sit), so parity and the int8 metrics are measured on
+the inputs the device builds.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ PRUNED = {"dx": ("diagnoses", "n_diagnoses"), "px": ("procedures", "n_procedures
 
 
 class Pruning:
-    """Old id -> new id for the diagnoses and procedures (`<unk>` for a dropped id)."""
+    """Old id -> new id for the diagnoses and procedures (`<pad>` for a dropped id: left out)."""
 
     def __init__(self, sizes: Mapping[str, int], keep: Mapping[str, Sequence[int]]) -> None:
         self.maps: dict[str, np.ndarray] = {}
@@ -40,7 +39,7 @@ class Pruning:
             ids = sorted({int(i) for i in keep.get(kind, ())} | {PAD_ID, UNK_ID})
             if ids[-1] >= size:
                 raise ValueError(f"trained {kind} id {ids[-1]} is outside the vocabulary ({size})")
-            table = np.full(size, UNK_ID, dtype=np.int64)
+            table = np.full(size, PAD_ID, dtype=np.int64)
             table[ids] = np.arange(len(ids))
             self.maps[kind] = table
             self.kept[kind] = np.asarray(ids, dtype=np.int64)
