@@ -453,7 +453,9 @@ def run_case(bundle, recommender, case: Case, base_probs: np.ndarray) -> list[di
         for d in rec.drugs:
             probs[bundle.label_index[d["code"]]] = d["probability"]
         ranks = _ranks(probs)
-        top = [d["code"] for d in rec.drugs[:TOP_K]]
+        # a visit the model reads nothing of gets no suggestions in the app: no hit either
+        shown = result.visit_read
+        top = [d["code"] for d in rec.drugs[:TOP_K]] if shown else []
         expected = []
         for cls in case.expected:
             if cls not in bundle.label_index:
@@ -469,7 +471,7 @@ def run_case(bundle, recommender, case: Case, base_probs: np.ndarray) -> list[di
                     "label": True,
                     "rank": int(ranks[i]),
                     "probability": float(probs[i]),
-                    "in_top10": bool(ranks[i] <= TOP_K),
+                    "in_top10": bool(shown and ranks[i] <= TOP_K),
                     "suggested": bool(probs[i] >= bundle.threshold),
                     "rank_without_input": int(base_ranks[i]),
                     "probability_without_input": float(base_probs[i]),
@@ -493,6 +495,7 @@ def run_case(bundle, recommender, case: Case, base_probs: np.ndarray) -> list[di
                 "n_expected": len(expected),
                 "top10": top,
                 "n_codes": len(dx) + len(px),
+                "visit_read": bool(shown),
                 "unknown_codes": unknown,
                 "unknown_known_category": [
                     c for c in unknown if ancestors_on and _known_through_category(bundle, c)
@@ -522,6 +525,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "codes": n_codes,
         "unknown_codes": n_unknown,
         "runs_all_codes_unknown": sum(1 for r in rows if len(r["unknown_codes"]) == r["n_codes"]),
+        "runs_nothing_read": sum(1 for r in rows if not r["visit_read"]),
     }
 
 
@@ -552,8 +556,9 @@ def markdown(report: dict[str, Any], titles: dict[str, str]) -> str:
         f"{s['expected_rank_improved']} of {s['expected_classes']} expected classes above their "
         "no-input rank.",
         f"- Codes the model does not know: {s['unknown_codes']} of {s['codes']} entered; "
-        f"{s['runs_all_codes_unknown']} runs where every code is unknown (the model then sees "
-        "only the profile).",
+        f"{s['runs_all_codes_unknown']} runs where every code is unknown, "
+        f"{s['runs_nothing_read']} of them with no known ICD category either: the model reads "
+        "nothing of the visit, so the app shows no suggestions (counted as no hit).",
         "",
         "rank: among all classes (1 = best), `p` its probability, `base`: its rank with no input; "
         "why: the two inputs that move that class's score most when left out (points of "
@@ -584,7 +589,8 @@ def markdown(report: dict[str, Any], titles: dict[str, str]) -> str:
         lines.append(f"- **{c['name']}** -> {', '.join(c['expected'])}: {c['reason']}")
     lines += ["", "## Top 10 per run", ""]
     for r in report["runs"]:
-        lines.append(f"- {r['case']} ({r['system']}): {' '.join(r['top10'])}")
+        top = " ".join(r["top10"]) or "no suggestions (the model reads nothing of the visit)"
+        lines.append(f"- {r['case']} ({r['system']}): {top}")
     return "\n".join(lines) + "\n"
 
 

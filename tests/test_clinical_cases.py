@@ -53,6 +53,10 @@ def test_report_on_the_shipped_bundle(tmp_path):
         assert set(run["unknown_codes"]) <= set(run["diagnoses"] + run["procedures"])
         for e in run["expected"]:
             assert 1 <= e["rank"] <= n and 0.0 <= e["probability"] <= 1.0
-            assert e["in_top10"] == (e["rank"] <= 10)
-            # the "why" has one leave-one-out item per entered code
-            assert len(e["why"]) == run["n_codes"]
+            # a visit the model reads nothing of shows no suggestions: no hit
+            assert e["in_top10"] == (run["visit_read"] and e["rank"] <= 10)
+            # the "why" has one leave-one-out item per entered code the model reads (itself
+            # or through its category); the others change nothing
+            read = run["n_codes"] - len(run["unknown_codes"]) + len(run["unknown_known_category"])
+            assert len(e["why"]) == read
+            assert run["visit_read"] == (read > 0)
