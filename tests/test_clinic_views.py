@@ -148,3 +148,23 @@ def test_a_killed_servers_client_folder_is_swept_by_the_next_start(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_visit_the_model_reads_nothing_of_shows_why_instead_of_suggestions(shell):
+    from app.medication.state import PatientForm
+    from app.views.visit import VisitView
+
+    s = shell()
+    med = s.state.medication
+    med.create_patient(PatientForm(display_name="Una Known"))
+    view = VisitView(s)
+    med.visit.add_code("dx", "icd9cm:99999")  # neither it nor icd9cm:999 is known
+    view._show_result(med.visit.suggest(), rebuild=True)
+    assert view.rows == {}
+    assert "knows none of the entered codes" in view.suggestion_list.controls[0].value
+    assert "No suggestions" in view.status.value and view.status.color is not None
+    assert view.unknown_box.visible and "left out of the scores: icd9cm:99999" in view.unknown.value
+    known = next(c for c in med.bundle.vocabs["diagnoses"] if c not in ("<pad>", "<unk>"))
+    med.visit.add_code("dx", known)
+    view._show_result(med.visit.suggest(), rebuild=True)
+    assert view.rows and "No suggestions" not in view.status.value
