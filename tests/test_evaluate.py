@@ -227,13 +227,44 @@ def test_build_report_and_markdown_render_every_model():
     assert "total 12.3" in md and "tiny-llama" in md
 
 
-def test_markdown_marks_a_missing_breakdown_with_a_dash():
-    report = {**_meta(), "models": {"popularity": ev.summarize(
-        [{k: 0.5 for k in ev.METRICS}, {k: 0.5 for k in ev.METRICS}])}}  # fmt: skip
+def test_markdown_marks_a_missing_breakdown_with_a_dash_and_skips_a_model_without_one():
+    part = {k: 0.5 for k in ev.METRICS} | {"single_visit_jaccard": 0.4, "single_visit_prauc": 0.6}
+    report = {**_meta(), "models": {
+        "popularity": ev.summarize([part, part]),
+        "student_int8": ev.summarize([{k: 0.5 for k in ev.METRICS}] * 2),
+    }}  # fmt: skip
     md = ev.report_markdown(report)
     assert "| popularity | 0.5000 ± 0.0000 |" in md
-    assert "| popularity | – | – | – | – |" in md
+    assert "| popularity | 0.4000 | 0.6000 | – | – |" in md
+    assert sum(line.startswith("| student_int8 |") for line in md.splitlines()) == 1
     assert "nan" not in md
+
+
+def test_markdown_states_the_export_and_the_teacher_in_words():
+    row = ev.summarize([{k: 0.5 for k in ev.METRICS}] * 2)
+    report = {
+        **_meta(),
+        "seeds": [0, 1],
+        "teacher": {"backbone": "smollm2", "frozen": True, "max_length": 384},
+        "models": {"student_kd": row, "student_int8": row},
+        "bundle": "runs/x/bundle",
+        "size_bytes": {"onnx_fp32": 2000, "onnx_int8": 500},
+        "export": {
+            "int8_form": "weights",
+            "preset": None,
+            "parity_fold0": {"summary": {"passed": True, "n_samples": 21,
+                                         "torch_vs_onnx_max_abs_diff": 1e-6,
+                                         "int8_delta_prauc": -0.0012, "int8_delta_jaccard": 0.0,
+                                         "int8_top10_overlap": 1.0}},
+        },
+    }  # fmt: skip
+    md = ev.report_markdown(report)
+    assert "the students over 2 seeds x 2 folds" in md
+    assert "student_int8 over seed 0's student of each fold" in md
+    assert "- bundle: `runs/x/bundle`" in md and "- int8 form: weights\n" in md
+    assert "onnx_int8 500 bytes" in md
+    assert "passed; torch vs ONNX max |diff| 1.0e-06, int8 - fp32 PR-AUC -0.0012" in md
+    assert "Teacher: smollm2, frozen (linear probe on its features); prompts cut at 384" in md
 
 
 def test_write_report(tmp_path):

@@ -256,7 +256,7 @@ def report_markdown(report: dict) -> str:
         f"# pocketrec report: {report['domain']} on {report['source']}",
         "",
         f"Protocol `{report['protocol']}`, {report['folds']} folds by patient; "
-        f"mean ± standard deviation over folds; {chosen}.",
+        f"mean ± standard deviation over folds{_spread_note(report)}; {chosen}.",
         "",
         "| model | " + " | ".join(METRICS) + " |",
         "|---|" + "---|" * len(METRICS),
@@ -269,14 +269,16 @@ def report_markdown(report: dict) -> str:
         "| model | single jaccard | single prauc | multi jaccard | multi prauc |",
         "|---|---|---|---|---|",
     ]
+    keys = (
+        "single_visit_jaccard",
+        "single_visit_prauc",
+        "multi_visit_jaccard",
+        "multi_visit_prauc",
+    )
     for name, m in report["models"].items():
-        keys = (
-            "single_visit_jaccard",
-            "single_visit_prauc",
-            "multi_visit_jaccard",
-            "multi_visit_prauc",
-        )
-        cells = [f"{m[k]:.4f}" if k in m else "–" for k in keys]  # not every model has a split
+        if not any(k in m for k in keys):
+            continue  # the export's student_int8 row has no split
+        cells = [f"{m[k]:.4f}" if k in m else "–" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report.get("paired"):
         lines += _paired_markdown(report["paired"])
@@ -301,8 +303,67 @@ def report_markdown(report: dict) -> str:
         "Wall time per stage (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in report["wall_s"].items()),
     ]
-    lines += ["", f"Teacher: {report['teacher']}", ""]
+    lines += _export_markdown(report)
+    lines += ["", f"Teacher: {_teacher_text(report['teacher'])}", ""]
     return "\n".join(lines)
+
+
+def _spread_note(report: dict) -> str:
+    parts = []
+    if report.get("seeds"):
+        parts.append(f"the students over {len(report['seeds'])} seeds x {report['folds']} folds")
+    if "student_int8" in report.get("models", {}):
+        parts.append("student_int8 over seed 0's student of each fold, as exported")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _export_markdown(report: dict) -> list[str]:
+    """The pipeline's additions: the bundle, its int8 form, sizes and fold 0's parity gates."""
+    export = report.get("export")
+    if not export:
+        return []
+    lines = ["", "Export:"]
+    if report.get("bundle"):
+        lines.append(f"- bundle: `{report['bundle']}` (fold 0's KD student)")
+    form = export.get("int8_form")
+    preset = export.get("preset")
+    lines.append(f"- int8 form: {form}" + (f", preset {preset}" if preset else ""))
+    sizes = report.get("size_bytes") or {}
+    if sizes:
+        lines.append("- sizes: " + ", ".join(f"{k} {v:,} bytes" for k, v in sizes.items()))
+    summary = (export.get("parity_fold0") or {}).get("summary") or {}
+    if summary:
+        verdict = "passed" if summary.get("passed") else "FAILED"
+        lines.append(
+            f"- parity gates on fold 0's {summary.get('n_samples')} test samples: {verdict}; "
+            f"torch vs ONNX max |diff| {summary.get('torch_vs_onnx_max_abs_diff', 0):.1e}, "
+            f"int8 - fp32 PR-AUC {summary.get('int8_delta_prauc', 0):+.4f}, "
+            f"jaccard {summary.get('int8_delta_jaccard', 0):+.4f}, "
+            f"top-10 overlap {summary.get('int8_top10_overlap', 0):.3f}"
+        )
+    vocab = export.get("vocabulary_fold0")
+    if vocab:
+        kept = ", ".join(f"{v['kept']:,} of {v['of']:,} {k}" for k, v in vocab.items())
+        lines.append(f"- vocabulary cut to fold 0's training codes: {kept}")
+    return lines
+
+
+def _teacher_text(teacher) -> str:
+    if not isinstance(teacher, dict):
+        return str(teacher)
+    how = (
+        "frozen (linear probe on its features)"
+        if teacher.get("frozen")
+        else ("LoRA fine-tuned" if teacher.get("lora") else "fully fine-tuned")
+    )
+    if not teacher.get("frozen") and teacher.get("epochs") is not None:
+        how += f", {teacher['epochs']} epoch(s)"
+    text = f"{teacher.get('backbone')}, {how}"
+    if teacher.get("max_length"):
+        text += f"; prompts cut at {teacher['max_length']} tokens"
+    if teacher.get("features_from"):
+        text += f"; features from {teacher['features_from']}"
+    return text
 
 
 def write_report(report: dict, out_dir: Path) -> None:

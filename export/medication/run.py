@@ -62,12 +62,14 @@ def export_json_path(bundle_dir: Path) -> Path:
 
 
 def combined_report(report: dict, results: dict) -> dict:
-    """The run's report with the export's additions: the `student_int8` row, `size_bytes` and
-    `export` (int8 form, preset (None for the weights form), fold 0's parity)."""
+    """The run's report with the export's additions: the `student_int8` row, `size_bytes`,
+    `export` (int8 form, preset (None for the weights form), fold 0's parity) and `bundle`."""
     out = dict(report)
     out["models"] = {**report["models"], **results["models"]}
     out["size_bytes"] = results["size_bytes"]
     out["export"] = results["export"]
+    if results.get("bundle"):
+        out["bundle"] = results["bundle"]
     return out
 
 
