@@ -37,6 +37,7 @@ EXPORT_FORMAT = "pocketrec-export/1"
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_JSON_NAME",
+    "check_destination",
     "copy_database",
     "restore_copy",
     "write_export",
@@ -97,14 +98,22 @@ def write_export(
 # ------------------------------------------------------------------ backup
 
 
+def check_destination(live: Path, dest: Path) -> None:
+    """Refuse a backup destination that is the live file `live` or a folder, and make its
+    folder (0700); HistoryError naming it otherwise."""
+    if dest.exists() and dest.resolve() == live.resolve():
+        raise HistoryError(f"cannot back up {live} onto itself", dest)
+    if dest.is_dir():
+        raise HistoryError(f"cannot write the backup {dest}: it is a folder", dest)
+    ensure_private_dir(dest.parent)
+
+
 def copy_database(conn: sqlite3.Connection, live: Path, dest_path: str | os.PathLike[str]) -> Path:
     """Copy the database open on `conn` (the file `live`) to `dest_path` as one self-contained
     0600 file (rollback journal, no -wal): written to a temporary file beside it, checked with
     `PRAGMA integrity_check`, then renamed over it."""
     dest = Path(dest_path).expanduser()
-    if dest.exists() and dest.resolve() == live.resolve():
-        raise HistoryError(f"cannot back up {live} onto itself", dest)
-    ensure_private_dir(dest.parent)
+    check_destination(live, dest)
     try:
         with private_umask():
             fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from app.storage.backup import copy_database, restore_copy, write_export
+from app.storage.backup import check_destination, copy_database, restore_copy, write_export
 from app.storage.errors import NOT_SAVED, HistoryError, guard, guarded, translate
 from app.storage.migrations import (
     DEFAULT_ACTOR,
@@ -47,6 +47,7 @@ from app.storage.paths import (
     default_db_path,
     ensure_private_dir,
     private_umask,
+    sidecars,
 )
 from app.storage.records import Records, casefold
 
@@ -69,6 +70,16 @@ class History(Records):
         self._lock = threading.RLock()
         self._closed = True
         self._depth = 0
+        # what opening makes where there was no database (the file and missing folders,
+        # innermost first), until something is written: `backup` refuses to copy it and
+        # removes it again, so that a mistyped path creates nothing
+        self._made: list[Path] = []
+        if not self.path.exists():
+            self._made = [self.path]
+            folder = self.path.parent
+            while not folder.exists() and folder.parent != folder:
+                self._made.append(folder)
+                folder = folder.parent
         ensure_private_dir(self.path.parent)
         if self.path.is_dir():
             raise HistoryError(f"the history database {self.path} is a folder", self.path)
@@ -137,6 +148,7 @@ class History(Records):
             raise RuntimeError("the history connection has a stray open transaction")
         conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
+        self._made = []  # written to: a database of its own now, whoever made it
         try:
             yield
             conn.execute("COMMIT")
@@ -300,7 +312,22 @@ class History(Records):
     def backup(self, dest_path: str | os.PathLike[str], *, actor: str = DEFAULT_ACTOR) -> Path:
         """Copy the live database to `dest_path` with SQLite's online backup API (consistent even
         while the app writes), as one self-contained 0600 file (rollback journal, no -wal):
-        written to a temporary file beside it, checked, then renamed over it."""
+        written to a temporary file beside it, checked, then renamed over it.
+
+        Refuses (HistoryError) when there was no database at `path` when this History opened
+        it and nothing has been written since, after the destination's own checks: the empty
+        database that opening made is closed and removed with the folders it needed, so a
+        mistyped path creates nothing."""
+        check_destination(self.path, Path(dest_path).expanduser())
+        if self._made:
+            made, self._made = self._made, []
+            self.close()
+            for file in sidecars(self.path):
+                file.unlink(missing_ok=True)
+            for folder in made[1:]:
+                with contextlib.suppress(OSError):  # a folder someone else filled meanwhile
+                    folder.rmdir()
+            raise HistoryError(f"no history database at {self.path}: nothing to back up", self.path)
         dest = copy_database(self.db.conn, self.path, dest_path)
         with self._write():
             self._insert_audit("backup", actor=actor, detail={"dest": str(dest)})
