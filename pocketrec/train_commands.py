@@ -33,6 +33,51 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 NEWS_SOURCES = ("movielens-demo",)
+# the medication teacher when --teacher is not given: the LLM, frozen unless asked otherwise
+# (LoRA fine-tuning it takes about 2.7 h on 2 cores, see README "Which teacher produced which
+# number"); news runs keep NewsTeacherConfig's own default (MiniLM, frozen)
+MEDICATION_TEACHER = "smollm2"
+FROZEN_BY_DEFAULT = ("smollm2",)
+
+
+def medication_teacher(args: argparse.Namespace) -> tuple[str, bool]:
+    """(backbone, frozen) of a medication run from --teacher, --frozen-teacher,
+    --finetune-teacher and --full-finetune: smollm2 (the default) is frozen unless a
+    fine-tuning is asked for; any other teacher is fine-tuned unless --frozen-teacher."""
+    backbone = args.teacher or MEDICATION_TEACHER
+    finetune = args.finetune_teacher or args.full_finetune
+    if args.frozen_teacher and finetune:
+        flag = "--full-finetune" if args.full_finetune else "--finetune-teacher"
+        raise ValueError(f"--frozen-teacher and {flag} exclude each other")
+    frozen = args.frozen_teacher or (backbone in FROZEN_BY_DEFAULT and not finetune)
+    return backbone, frozen
+
+
+def _medication_only_given(args: argparse.Namespace) -> list[str]:
+    """The medication-only options set on the command line (see `cli.add_distill_options`)."""
+    given = []
+    for dest, (default, flags) in getattr(args, "medication_only", {}).items():
+        value = getattr(args, dest, default)
+        if value != default:
+            given.append(flags[1] if value is False and len(flags) > 1 else flags[0])
+    return given
+
+
+def _inputs(args: argparse.Namespace) -> list:
+    """What the run reads, so that --out can be checked against it (`distill.runs.check_out`):
+    the data folder (an embedded source's under assets/), and for medication the reused
+    features and a teacher folder."""
+    from distill.data import SOURCES
+    from distill.data.codes import assets_dir
+    from distill.runs import teacher_folder
+
+    data = args.path
+    if args.source in SOURCES:
+        data = assets_dir() / "data" / SOURCES[args.source][1]
+    elif args.source in NEWS_SOURCES:
+        data = assets_dir() / "data" / "movielens_small"
+    teacher = teacher_folder(args.teacher) if args.teacher else None
+    return [data, args.features_from, teacher]
 
 
 def cmd_distill_news(args: argparse.Namespace) -> int:
@@ -42,6 +87,14 @@ def cmd_distill_news(args: argparse.Namespace) -> int:
     from distill.news.teacher import NewsTeacherConfig
 
     out = Path(args.out)
+    given = _medication_only_given(args)
+    if given:
+        return _fail(
+            f"distill: {', '.join(given)} "
+            f"{'applies' if len(given) == 1 else 'apply'} to medication runs, not "
+            "--domain news (a news run takes --source/--path, --format mind, --teacher, "
+            "--mind-unknown, --quick and --force)"
+        )
     if args.source is not None:
         if args.source not in NEWS_SOURCES:
             return _fail(f"distill: news sources are {', '.join(NEWS_SOURCES)}, not {args.source}")
@@ -54,7 +107,7 @@ def cmd_distill_news(args: argparse.Namespace) -> int:
     else:
         data = Path(args.path)
     try:
-        teacher = NewsTeacherConfig(backbone=args.teacher)
+        teacher = NewsTeacherConfig(**({"backbone": args.teacher} if args.teacher else {}))
     except ValueError as e:
         return _fail(f"distill: {e}")
     try:
@@ -84,10 +137,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return _fail("distill: give exactly one of --source or --path")
     if args.path is not None and args.format is None:
         return _fail("distill: --path needs --format (mimic3, mimic4 or synthea)")
+    news = getattr(args, "domain", "medication") == "news"
+    if not news and args.source in NEWS_SOURCES:
+        return _fail(f"distill: {args.source} is a news source; add --domain news")
+    if not news and args.format == "mind":
+        return _fail("distill: --format mind is news data; add --domain news")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        return _fail(f"distill: {out} is not empty; pass --force to replace it")
-    if getattr(args, "domain", "medication") == "news":
+    err = _check_out(out, args)
+    if err:
+        return _fail(f"distill: {err}")
+    if news:
         return cmd_distill_news(args)
     if getattr(args, "mind_unknown", None) is not None:
         return _fail("distill: --mind-unknown applies to news runs (--domain news --format mind)")
@@ -103,6 +162,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: Path, args: argparse.Namespace) -> str | None:
+    """Why --out cannot be used (None when it can): checked before any work starts, as the
+    run does again before it writes (`distill.runs.check_out`)."""
+    from distill.runs import RunError, check_out
+
+    try:
+        check_out(out, args.force, _inputs(args))
+    except (RunError, FileExistsError) as e:
+        return str(e)
+    return None
+
+
 def _distill_config(args: argparse.Namespace):
     from dataclasses import replace
 
@@ -112,15 +183,12 @@ def _distill_config(args: argparse.Namespace):
     from distill.medication.run import RunConfig
     from distill.medication.train import DistillConfig
 
-    if args.frozen_teacher and args.full_finetune:
-        raise ValueError("--frozen-teacher and --full-finetune exclude each other")
+    backbone, frozen = medication_teacher(args)
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    teacher = TeacherConfig(
-        backbone=args.teacher, lora=not args.full_finetune, frozen=args.frozen_teacher
-    )
+    teacher = TeacherConfig(backbone=backbone, lora=not args.full_finetune, frozen=frozen)
     teacher = replace(teacher, epochs=args.teacher_epochs, max_length=args.max_length)
     return RunConfig(
         data=DataConfig(
@@ -196,8 +264,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        return _fail(f"pipeline: {out} is not empty; pass --force to replace it")
+    err = _check_out(out, args)  # DIR as a whole: the run goes into DIR/run
+    if err:
+        return _fail(f"pipeline: {err}")
     if args.domain == "medication" and args.int8 == "weights" and args.preset is not None:
         # said before the distill's minutes, not after them by the export
         return _fail(

@@ -326,3 +326,23 @@ def test_distill_on_an_unreadable_export_leaves_no_run_folder(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2 and out.is_dir() and not any(out.iterdir())
+
+
+def test_distill_on_an_export_with_no_usable_visit_says_why(tmp_path):
+    """Every table reads, but prescriptions.csv.gz holds its header alone: no visit has a drug,
+    so no sample. Said with the source folder and the reader's counts, exit 2, no folder."""
+    folder = copy_demo(tmp_path, "mimic4")
+    path = folder / "prescriptions.csv.gz"
+    write_gz(path, read_lines(path)[0])
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pocketrec.cli", "distill", "--path", str(folder),
+         "--format", "mimic4", "--out", str(out), "--quick", "--teacher", "minilm"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pocketrec: error: {folder}: only 0 usable samples (all-visits)")
+    assert "read 100 patients, 275 visits and 0 medication rows" in last
+    assert "0 a mapped drug" in last and "Traceback" not in done.stderr
+    assert not out.exists()

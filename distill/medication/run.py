@@ -21,10 +21,12 @@ import numpy as np
 from contract.files import atomic_write_json, atomic_write_text
 from contract.layout import TensorConfig
 from distill import features
-from distill.backbone import TeacherConfig, load_tokenizer
-from distill.data import load_cohort
+from distill.backbone import TeacherConfig
+from distill.data import SOURCES, load_cohort
+from distill.data.codes import assets_dir
 from distill.data.config import DataConfig
-from distill.data.samples import build_samples
+from distill.data.samples import build_samples, usable
+from distill.data.tables import DataError
 from distill.data.tensors import MedVocabs, encode_samples
 from distill.layers import count_parameters
 from distill.medication import evaluate as ev
@@ -46,9 +48,12 @@ from distill.medication.train import (
 from distill.runs import (
     Progress,
     StageClock,
+    check_out,
     discard_on_bad_input,
     environment,
+    load_teacher_tokenizer,
     prepare_out,
+    teacher_folder,
     write_config,
 )
 
@@ -139,17 +144,20 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     progress = _plan(cfg)
     clock = StageClock(progress)
     out = Path(out)
-    made = prepare_out(out, force)
-    write_config(out, cfg.to_dict())
+    d = cfg.data
+    # said before anything is written: a run folder that is (or holds) an input, a teacher
+    # that cannot be found; the prompts stage then counts tokens with this tokenizer
+    inputs = [_data_folder(d), cfg.features_from, teacher_folder(cfg.teacher.backbone)]
+    check_out(out, force, inputs)
+    tokenizer = load_teacher_tokenizer(cfg.teacher.backbone, cfg.teacher.truncation_side)
+    folder = prepare_out(out, force, inputs)
 
-    with clock("data", step="data"), discard_on_bad_input(out, made):
-        d = cfg.data
+    with clock("data", step="data"), discard_on_bad_input(folder):
+        write_config(out, cfg.to_dict())
         cohort = load_cohort(d.source, Path(d.path) if d.path else None, d.fmt)
         samples = build_samples(cohort, d.protocol, d.require_procedures)
         if len(samples) < 10:
-            raise ValueError(
-                f"only {len(samples)} usable samples in {cohort.report.source}; need 10+"
-            )
+            raise DataError(_too_few_samples(d, cohort, len(samples)))
         vocabs = MedVocabs.build(
             cohort.visits, ancestors=bool(getattr(cfg.tensors, "ancestors", False))
         )
@@ -168,7 +176,6 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     )
 
     with clock("prompts", step="prompts"):
-        tokenizer = load_tokenizer(cfg.teacher)
         count = tokenizer_counter(tokenizer)
         texts = [
             build_prompt(
@@ -390,6 +397,30 @@ def run_distill(out: Path, cfg: RunConfig, force: bool = False) -> dict:
     )
     ev.write_report(report, out)
     return report
+
+
+def _data_folder(d: DataConfig) -> Path | None:
+    """The folder the run reads its tables from (an embedded source's under assets/)."""
+    if d.source in SOURCES:
+        return assets_dir() / "data" / SOURCES[d.source][1]
+    return Path(d.path) if d.path else None
+
+
+def _too_few_samples(d: DataConfig, cohort, n: int) -> str:
+    """Why a cohort gave fewer than 10 samples, in the reader's counts."""
+    r = cohort.report
+    mapped = r.medication_rows - r.unmapped_medication_rows
+    with_dx = sum(1 for v in cohort.visits if v.diagnoses)
+    with_drug = sum(1 for v in cohort.visits if v.medications)
+    kept = sum(1 for v in cohort.visits if usable(v, d.require_procedures))
+    rule = "a diagnosis and a mapped drug" + (" and a procedure" if d.require_procedures else "")
+    return (
+        f"{_data_folder(d) or d.source}: only {n} usable samples ({d.protocol}), need 10+: "
+        f"read {len(cohort.patients())} patients, {len(cohort.visits)} visits and "
+        f"{r.medication_rows} medication rows ({mapped} mapped to a drug class); "
+        f"{with_dx} visits have a diagnosis, {with_drug} a mapped drug, {kept} are usable "
+        f"(with {rule})"
+    )
 
 
 def _plan(cfg: RunConfig) -> Progress:

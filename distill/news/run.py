@@ -154,7 +154,16 @@ def _run_news(
         train_news_student,
     )
     from distill.news.vectors import cache_teacher_vectors, load_teacher_vectors
-    from distill.runs import Progress, StageClock, discard_on_bad_input, environment, prepare_out
+    from distill.runs import (
+        Progress,
+        StageClock,
+        check_out,
+        discard_on_bad_input,
+        environment,
+        load_teacher_tokenizer,
+        prepare_out,
+        teacher_folder,
+    )
 
     t_start = time.perf_counter()
     # expected shares of the time (seconds of a quick MovieLens run on 2 busy cores)
@@ -181,7 +190,12 @@ def _run_news(
     dcfg = distill_cfg or NewsDistillConfig()
     if quick:
         tcfg, dcfg = quick_configs(tcfg, dcfg)
-    made = prepare_out(out, force)
+    # said before anything is written: a run folder that is (or holds) an input, a teacher
+    # that cannot be found (its tokenizer is loaded again with the teacher: a second or so)
+    inputs = [data_folder, teacher_folder(tcfg.backbone)]
+    check_out(out, force, inputs)
+    load_teacher_tokenizer(tcfg.backbone)
+    folder = prepare_out(out, force, inputs)
     config = {
         "data_folder": str(data_folder),
         "source": source,
@@ -194,9 +208,9 @@ def _run_news(
         "threads": threads,
         "mind_unknown_candidates": unknown_candidates,
     }
-    atomic_write_json(out / "config.json", config)
 
-    with clock("data", step="data"), discard_on_bad_input(out, made):
+    with clock("data", step="data"), discard_on_bad_input(folder):
+        atomic_write_json(out / "config.json", config)
         data = load_mind(data_folder, unknown_candidates=unknown_candidates)
         logger.info(f"data: {data.report.summary()}")
         impressions = data.impressions
