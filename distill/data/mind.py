@@ -364,7 +364,11 @@ def read_behaviors(
 
 def mind_folder(folder: Path, split: str | None = None) -> Path:
     """The folder holding news.tsv and behaviors.tsv: `folder` itself, or `folder`/`split` for
-    MINDsmall's layout (train/ and dev/ subfolders)."""
+    MINDsmall's layout (train/ and dev/ subfolders, which the CLI takes as --path)."""
+
+    def holds(d: Path) -> bool:
+        return any(p.name.lower().startswith(("news.tsv", "behaviors.tsv")) for p in d.iterdir())
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a directory (expected a MIND folder)")
@@ -376,20 +380,13 @@ def mind_folder(folder: Path, split: str | None = None) -> Path:
                 f"{folder}: no {split}/ subfolder (found: {', '.join(found) or 'none'})"
             )
         return sub
-    if not _holds_mind_files(folder):
-        splits = sorted(p for p in folder.iterdir() if p.is_dir() and _holds_mind_files(p))
-        if splits:
-            # name the paths to give: the CLI's --path takes a split folder, it has no --split
-            raise DataError(
-                f"{folder}: no news.tsv or behaviors.tsv here; they are in split subfolders: "
-                f"pass {' or '.join(f'--path {p}' for p in splits)}"
-            )
+    splits = [p for p in sorted(folder.iterdir()) if p.is_dir() and holds(p)]
+    if splits and not holds(folder):
+        raise DataError(
+            f"{folder}: no news.tsv or behaviors.tsv here; they are in split subfolders: "
+            f"pass {' or '.join(f'--path {p}' for p in splits)}"
+        )
     return folder
-
-
-def _holds_mind_files(folder: Path) -> bool:
-    names = {p.name.lower() for p in folder.iterdir()}
-    return bool(names & {"news.tsv", "news.tsv.gz", "behaviors.tsv", "behaviors.tsv.gz"})
 
 
 def load_mind(
