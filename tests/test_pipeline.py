@@ -225,6 +225,7 @@ def test_export_reads_the_run_and_leaves_it_alone(run, tmp_path, monkeypatch):
         "models": {**report["models"], **results["models"]},
         "size_bytes": results["size_bytes"],
         "export": results["export"],
+        "bundle": str(bundle),
     }
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["metrics"] == combined["models"]
