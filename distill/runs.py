@@ -8,15 +8,10 @@ the new run's data stage has passed (`discard_on_bad_input`), so bad input loses
 that cannot start (its folder, its teacher) raises `RunError` before it writes anything.
 Progress goes to ``logging``: the CLI prints these records as ``[pocketrec] message``.
 
-`Progress` is what a person watching `make demo` follows: the run's plan as named steps with
-expected weights (e.g. "data", then "fold 1/5 teacher", "fold 1/5 students", ...), one bar line
-per step start, update and end, and an overall percentage with an ETA from the time spent so
-far. A `StageClock` given a `Progress` drives it: ``with clock("teacher_train", step="fold 1/5
-teacher"):``; inside a step, ``progress.update(step, fraction, "epoch 3/60 val PR-AUC
-0.61")`` (a training loop's per-epoch callback) moves its bar::
-
-    [pocketrec] fold 2/5 students  [######......] 50% epoch 30/60: val prauc 0.6123
-                | all 38%, ETA 4m10s, 2m31s so far      (one line)
+`Progress` (`distill.progress`: named steps, bars, an overall share and an ETA) is driven by a
+`StageClock` given one: ``with clock("teacher_train", step="fold 1/5 teacher"):``; inside a
+step, ``progress.update(step, fraction, "epoch 3/60 val PR-AUC 0.61")`` (a training loop's
+per-epoch callback) moves its bar.
 """
 
 from __future__ import annotations
@@ -36,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import atomic_write_json
+from distill.progress import Progress  # re-exported: both runs import it from here
 
 __all__ = [
     "CONFIG_FILE",
@@ -54,7 +50,6 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.json"
-PACE_FROM = 0.05  # a running step's share done from which its own pace drives the ETA
 
 
 class RunError(Exception):
@@ -236,148 +231,6 @@ def read_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no {CONFIG_FILE} (expected a distill run folder)")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-class Progress:
-    """Named, weighted steps of a run with an overall ETA, logged as one bar line per event.
-
-    `steps`: (name, weight) in the order they run, the weight being the step's expected share
-    of the time in any unit (seconds measured on an earlier run are a good choice). `log`:
-    where lines go (default: this module's logger at INFO, which the CLI prints). `clock`:
-    seconds since some start (a test passes a fake). `min_interval`: updates of one step
-    closer together than this many seconds are not logged (the first update of a step, its
-    start and its end always are).
-    """
-
-    def __init__(
-        self,
-        steps: list[tuple[str, float]],
-        log: Any = None,
-        width: int = 12,
-        clock: Any = time.perf_counter,
-        min_interval: float = 2.0,
-    ) -> None:
-        names = [n for n, _ in steps]
-        if len(set(names)) != len(names):
-            raise ValueError(f"step names must be unique; got {names}")
-        if any(not (w > 0) for _, w in steps):
-            raise ValueError("step weights must be > 0")
-        self.weights = dict(steps)
-        self.order = names
-        self.total = float(sum(self.weights.values())) or 1.0
-        self.fraction: dict[str, float] = {n: 0.0 for n in names}
-        self.width = width
-        self._clock = clock
-        self._t0 = clock()
-        self._last_log: dict[str, float] = {}
-        self._started: dict[str, float] = {}
-        self._pace: float | None = None  # seconds per planned unit of the last paced step
-        self.min_interval = min_interval
-        if log is None:
-            import logging
-
-            log = logging.getLogger("distill.progress").info
-        self.log = log
-
-    def add(self, name: str, weight: float) -> None:
-        """A step the plan did not know (it is appended to the plan)."""
-        if name not in self.weights:
-            self.weights[name] = float(weight)
-            self.order.append(name)
-            self.fraction[name] = 0.0
-            self.total += float(weight)
-
-    def overall(self) -> float:
-        """Share of the planned work done, 0..1 (weighted)."""
-        return sum(self.weights[n] * f for n, f in self.fraction.items()) / self.total
-
-    def eta_s(self) -> float | None:
-        """Seconds left. While a step that reports its progress is running (at least
-        `PACE_FROM` of it done), the rest of it at its own rate and the steps after it at the
-        pace it shows against its planned weight: a plan calibrated on a small run (a quick
-        news run) can be wrong by 10x for a big one, and the running step says by how much.
-        Between such steps, the rest of the plan at the pace the last one had; before any,
-        the time so far scaled by the planned share done."""
-        done = self.overall()
-        if done <= 0:
-            return None
-        now = self._clock()
-        running = [
-            n for n in self.order if n in self._started and PACE_FROM <= self.fraction[n] < 1.0
-        ]
-        if not running:
-            if self._pace is None:
-                return (now - self._t0) * (1 - done) / done
-            # between paced steps: the rest of the plan at the last one's measured pace
-            return self._pace * self._weight_left()
-        step = running[-1]
-        f = self.fraction[step]
-        step_total = (now - self._started[step]) / f
-        pace = step_total / self.weights[step]  # seconds per unit of planned weight
-        return step_total * (1 - f) + self._weight_left(but=step) * pace
-
-    def _weight_left(self, but: str | None = None) -> float:
-        """The planned weight not yet done, leaving out step `but`."""
-        return sum(self.weights[n] * (1 - self.fraction[n]) for n in self.order if n != but)
-
-    def line(self, name: str, detail: str = "") -> str:
-        f = self.fraction.get(name, 0.0)
-        filled = int(round(f * self.width))
-        bar = "#" * filled + "." * (self.width - filled)
-        eta = self.eta_s()
-        tail = f"all {self.overall():.0%}" + (f", ETA {_duration(eta)}" if eta is not None else "")
-        tail += f", {_duration(self._clock() - self._t0)} so far"
-        return f"{name}  [{bar}] {f:.0%}" + (f" {detail}" if detail else "") + f" | {tail}"
-
-    def _emit(self, name: str, detail: str, force: bool) -> None:
-        now = self._clock()
-        if not force:  # an update: the first of a step always, then one per min_interval
-            if now - self._last_log.get(name, -1e18) < self.min_interval:
-                return
-            self._last_log[name] = now
-        self.log(self.line(name, detail))
-
-    def start(self, name: str, detail: str = "") -> None:
-        self.add(name, 1.0)
-        self._started[name] = self._clock()
-        self._emit(name, detail or "started", force=True)
-
-    def update(self, name: str, fraction: float, detail: str = "") -> None:
-        """Step `name` is `fraction` (0..1) done; `detail` says what, e.g. the epoch's score."""
-        self.add(name, 1.0)
-        self.fraction[name] = min(1.0, max(self.fraction[name], float(fraction)))
-        self._emit(name, detail, force=False)
-
-    def done(self, name: str, detail: str = "") -> None:
-        self.add(name, 1.0)
-        if name in self._started and self.fraction[name] >= PACE_FROM:  # it reported progress
-            self._pace = (self._clock() - self._started[name]) / self.weights[name]
-        self.fraction[name] = 1.0
-        self._emit(name, detail or "done", force=True)
-
-    def step(self, name: str):
-        """Context manager: `start` on entry, `done` on a normal exit."""
-        progress = self
-
-        class _Step:
-            def __enter__(self):
-                progress.start(name)
-                return progress
-
-            def __exit__(self, exc_type, *exc):
-                if exc_type is None:
-                    progress.done(name)
-
-        return _Step()
 
 
 class StageClock:
