@@ -289,6 +289,22 @@ def test_quick_config_shortens_training_only():
     assert json.loads(json.dumps(quick.to_dict()))["teacher"]["epochs"] == 1
 
 
+def test_the_plan_prices_a_quick_lora_teacher_as_measured():
+    from distill.medication.run import _plan
+
+    cfg = RunConfig(
+        data=DataConfig(source="mimic4-demo", folds=2),
+        teacher=TeacherConfig(backbone="minilm", epochs=2, max_length=384, frozen=False),
+        tensors=TensorConfig(),
+        distill=DistillConfig(),
+        seeds=(0,),
+    )
+    full = _plan(cfg).weights["fold 1/2 teacher"]
+    quick = _plan(quick_config(cfg)).weights["fold 1/2 teacher"]
+    # ~300 s per fold and epoch at 384 tokens, ~9 s for --quick's one epoch at 128
+    assert full == pytest.approx(600.0) and quick == pytest.approx(9.0, abs=1.0)
+
+
 def test_cli_refuses_a_non_empty_out_folder(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
