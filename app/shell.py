@@ -33,6 +33,8 @@ IDLE_CHECK_SECONDS = 1.0  # the watch's tick: idle timeout, draft written when i
 OTHER_SAVES_EVERY = 2  # ticks between looks for visits saved in another tab
 ACTIVITY_INTERVAL_MS = 1000  # pointer moves and scrolls reach the server at most this often
 NARROW_WIDTH = 600  # below it: a compact rail and header (phones)
+BANNER_ONE_ROW = 720  # from it up: the banner's buttons beside its text, else under it
+BUNDLE_NAME_FROM = 900  # the bundle's name in the header only from this width up
 NAV = (
     ("/patients", "Patients", ft.Icons.PEOPLE_OUTLINE, ft.Icons.PEOPLE),
     ("/visit", "Visit", ft.Icons.MEDICAL_SERVICES_OUTLINED, ft.Icons.MEDICAL_SERVICES),
@@ -77,7 +79,15 @@ class PocketrecApp:
             ],
             on_change=self._on_rail,
         )
-        self.patient_text = ft.Text("No patient open", size=14)
+        # one line, cut with an ellipsis: a long name never pushes "Close patient" (which hides
+        # the patient's data on a shared kiosk) off a phone's screen
+        self.patient_text = ft.Text(
+            "No patient open",
+            size=14,
+            max_lines=1,
+            no_wrap=True,
+            overflow=ft.TextOverflow.ELLIPSIS,
+        )
         self.bundle_text = ft.Text(
             f"· {state.medication.bundle.name}", size=14, color=ft.Colors.GREY_700
         )
@@ -88,40 +98,63 @@ class PocketrecApp:
         # Semantics whose content is invisible
         self.close_box = tid("close-patient", self.close_button)
         self.title_text = ft.Text("pocketrec", size=22, weight=ft.FontWeight.BOLD)
+        self.person_icon = ft.Icon(ft.Icons.PERSON)
+        # the patient and Close patient take what the title leaves, right-aligned; the name
+        # shrinks (loose: no wider than it is), the button never
         self.header = ft.Row(
             [
                 self.title_text,
                 self.bundle_text,
-                ft.Container(expand=True),
-                ft.Icon(ft.Icons.PERSON),
-                tid("current-patient", self.patient_text),
-                self.close_box,
+                ft.Container(
+                    ft.Row(
+                        [
+                            self.person_icon,
+                            ft.Container(
+                                tid("current-patient", self.patient_text),
+                                expand=True,
+                                expand_loose=True,
+                            ),
+                            self.close_box,
+                        ],
+                        alignment=ft.MainAxisAlignment.END,
+                        vertical_alignment=ft.CrossAxisAlignment.CENTER,
+                    ),
+                    expand=True,
+                ),
             ],
             vertical_alignment=ft.CrossAxisAlignment.CENTER,
         )
         # the banner about the open visit: a restored draft (with Discard), a visit saved in
-        # another tab
-        self.banner_text = ft.Text("", size=14, expand=True)
+        # another tab. Its text wraps; the buttons sit beside it on wide windows and under it,
+        # right-aligned, on narrow ones (`_fit`), so both stay on the screen at any width
+        self.banner_text = ft.Text("", size=14)
         self.discard_box = tid(
             "draft-discard",
             ft.TextButton("Discard draft", icon=ft.Icons.DELETE_OUTLINE, on_click=self._on_discard),
         )
-        self.banner = ft.Container(
-            tid(
-                "visit-banner",
-                ft.Row(
-                    [
-                        ft.Icon(ft.Icons.INFO_OUTLINE, color=ft.Colors.BLUE_800),
-                        tid("visit-banner-text", self.banner_text),
-                        self.discard_box,
-                        tid(
-                            "banner-dismiss",
-                            ft.TextButton("OK", on_click=self._on_dismiss_banner),
-                        ),
-                    ],
-                    vertical_alignment=ft.CrossAxisAlignment.CENTER,
+        self.banner_message = ft.Row(
+            [
+                ft.Icon(ft.Icons.INFO_OUTLINE, color=ft.Colors.BLUE_800),
+                # loose: the text's semantics node is the text's size (an expanded, empty node
+                # once kept a changed label out of Flutter web's semantics tree)
+                ft.Container(
+                    tid("visit-banner-text", self.banner_text), expand=True, expand_loose=True
                 ),
-            ),
+            ],
+            vertical_alignment=ft.CrossAxisAlignment.CENTER,
+        )
+        self.banner_buttons = ft.Row(
+            [
+                self.discard_box,
+                tid("banner-dismiss", ft.TextButton("OK", on_click=self._on_dismiss_banner)),
+            ],
+            spacing=4,
+            tight=True,
+            alignment=ft.MainAxisAlignment.END,
+        )
+        self.banner_box = ft.Container()
+        self.banner = ft.Container(
+            tid("visit-banner", self.banner_box),
             bgcolor=ft.Colors.BLUE_50,
             border=ft.Border.all(1, ft.Colors.BLUE_200),
             border_radius=8,
@@ -291,15 +324,35 @@ class PocketrecApp:
             view.on_resize(width)
 
     def _fit(self, width: float | None) -> None:
-        """Phones: a compact rail (icons only) and no app or bundle name in the header, so the
-        patient and "Close patient" fit."""
-        narrow = bool(width) and width < NARROW_WIDTH
+        """Phones: a compact rail (icons only) and no app name or person icon in the header;
+        below BUNDLE_NAME_FROM no bundle name, so the patient's name has room (it is cut with
+        an ellipsis, never "Close patient"); the banner's buttons under its text below
+        BANNER_ONE_ROW."""
+        width = width or 0
+        narrow = 0 < width < NARROW_WIDTH
         self.rail.label_type = (
             ft.NavigationRailLabelType.NONE if narrow else ft.NavigationRailLabelType.ALL
         )
         self.rail.min_width = 56 if narrow else 88
-        self.bundle_text.visible = not narrow
+        self.bundle_text.visible = not width or width >= BUNDLE_NAME_FROM
         self.title_text.visible = not narrow
+        self.person_icon.visible = not narrow
+        one_row = not width or width >= BANNER_ONE_ROW
+        if self.banner_box.content is not None and one_row == self.banner_message.expand:
+            return  # the banner's controls move to a new parent only when the layout changes
+        self.banner_message.expand = one_row
+        self.banner_box.content = (
+            ft.Row(
+                [self.banner_message, self.banner_buttons],
+                vertical_alignment=ft.CrossAxisAlignment.CENTER,
+            )
+            if one_row
+            else ft.Column(
+                [self.banner_message, self.banner_buttons],
+                spacing=0,
+                horizontal_alignment=ft.CrossAxisAlignment.END,
+            )
+        )
 
     async def _on_discard(self, e: ft.Event[ft.Control]) -> None:
         self.state.touch()

@@ -22,6 +22,9 @@ DANGER = ft.Colors.RED_800
 DANGER_BG = ft.Colors.RED_50
 MUTED = ft.Colors.GREY_700
 OPTIONS_SHOWN = 8
+# how many matches a type-ahead asks for: enough to say how many the list leaves out ("+" when
+# the search was cut there too); a longer cut costs the search a few ms at most
+SEARCH_LIMIT = 500
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z_.:-]")
 
@@ -63,7 +66,9 @@ def no_patient(message: str = "Open or create a patient first.") -> ft.Control:
 
 
 class OptionList:
-    """Type-ahead options as tappable rows "code — title", identified `<prefix>-option-<code>`.
+    """Type-ahead options as tappable rows "code — title", identified `<prefix>-option-<code>`,
+    in `column`; under it (`more_box`, to be placed after the column, outside the options'
+    identifier) a muted line when the list is cut, identified `<prefix>-more`.
 
     A row stays the same control while its code stays in the list: each keystroke re-renders
     the list, and a new control under the pointer would swallow a tap made meanwhile."""
@@ -72,11 +77,19 @@ class OptionList:
         self.prefix = prefix
         self.on_pick = on_pick
         self.column = ft.Column(spacing=0)
+        self.more = ft.Text("", size=12, color=MUTED, italic=True)
+        # hide the Semantics wrapper, not its content (Flet 1.0 shows an error box otherwise)
+        self.more_box = tid(
+            f"{prefix}-more", ft.Container(self.more, padding=ft.Padding.only(left=16, bottom=2))
+        )
+        self.more_box.visible = False
         self._rows: dict[str, ft.Control] = {}
 
     def show(self, options: list[CodeOption], empty_text: str | None = None) -> None:
-        """The first OPTIONS_SHOWN options; none and an `empty_text`: that one muted line,
-        identified `<prefix>-no-match`."""
+        """The first OPTIONS_SHOWN options and, when there are more, the line saying how many
+        ("12 more: keep typing to narrow the list"; "492+ more" when `options` holds
+        SEARCH_LIMIT, where the search itself stopped); none and an `empty_text`: that one
+        muted line, identified `<prefix>-no-match`."""
         rows = {}
         for option in options[:OPTIONS_SHOWN]:
             rows[option.code] = self._rows.get(option.code) or self._row(option)
@@ -84,6 +97,11 @@ class OptionList:
         self.column.controls = list(rows.values())
         if not rows and empty_text:
             self.column.controls = [muted(empty_text, identifier=f"{self.prefix}-no-match")]
+        more = len(options) - OPTIONS_SHOWN
+        self.more_box.visible = more > 0
+        if more > 0:
+            count = f"{more}+" if len(options) >= SEARCH_LIMIT else f"{more}"
+            self.more.value = f"{count} more: keep typing to narrow the list"
 
     def clear(self) -> None:
         self.show([])

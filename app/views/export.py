@@ -52,6 +52,8 @@ class ExportView:
                         tid("export-all", self.all_button),
                     ],
                     spacing=12,
+                    run_spacing=8,
+                    wrap=True,  # a phone: one button a line
                 ),
                 tid("export-message", self.message),
                 tid("export-paths", self.paths),
@@ -74,8 +76,11 @@ class ExportView:
         )
         patient = self.state.medication.patient
         self.patient_button.disabled = patient is None
-        self.patient_button.content = (
-            f"Export {patient['display_name']}" if patient else "Export this patient (none open)"
+        name = patient["display_name"] if patient else ""
+        label = f"Export {name}" if name else "Export this patient (none open)"
+        # a long name is cut, not the button pushed past the screen's edge
+        self.patient_button.content = ft.Text(
+            label, max_lines=1, no_wrap=True, overflow=ft.TextOverflow.ELLIPSIS, tooltip=label
         )
 
     def reset(self) -> None:

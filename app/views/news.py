@@ -17,6 +17,8 @@ from app.storage.errors import HistoryError
 from app.views.common import DANGER, MUTED, Shell, heading, ident, muted, tid
 
 DOUBLE_TAP_S = 1.5  # Flutter web can deliver one tap on a list tile twice: one open, one click
+SIDE_BY_SIDE = 800  # from this window width up the article opens beside the feed; below it,
+# in the feed's place with a "Back to the feed" button
 
 CATALOG_LABELS = {DEMO: "Demo catalog", IMPORTED: "Imported news"}
 
@@ -33,20 +35,36 @@ class NewsView:
         self.basis_text = ft.Text("", color=MUTED, size=13)
         self.feed_column = ft.Column(spacing=6)
         self.article = ft.Column(spacing=6)
+        self.back = tid(
+            "news-back",
+            ft.TextButton("Back to the feed", icon=ft.Icons.ARROW_BACK, on_click=self._on_back),
+        )
         self.article_box = ft.Container(
-            tid("news-article", self.article),
-            padding=12,
-            border=ft.Border.all(1, ft.Colors.BLUE_GREY_100),
-            border_radius=8,
+            ft.Column(
+                [
+                    self.back,
+                    ft.Container(
+                        tid("news-article", self.article),
+                        padding=12,
+                        border=ft.Border.all(1, ft.Colors.BLUE_GREY_100),
+                        border_radius=8,
+                    ),
+                ],
+                spacing=4,
+            ),
+            expand=2,
             visible=False,
         )
+        self.feed_box = ft.Container(tid("news-feed", self.feed_column), expand=3)
+        self._side_by_side = True
         self.catalog_switch = ft.SegmentedButton(
             segments=[ft.Segment(value=DEMO, label=ft.Text(CATALOG_LABELS[DEMO]))],
             selected=[DEMO],
             on_change=self._on_catalog,
         )
         self.import_path = ft.TextField(
-            label="Import a MIND news.tsv (path on this device)",
+            label="Import a MIND news.tsv",  # short: a phone's field holds it on one line
+            hint_text="its path on this device",
             dense=True,
             width=560,
             on_submit=self._on_import,
@@ -60,11 +78,9 @@ class NewsView:
                 heading("News"),
                 tid("news-catalog", self.catalog_switch),
                 tid("news-basis", self.basis_text),
+                # the feed alone, or with the open article (`_layout`)
                 ft.Row(
-                    [
-                        ft.Container(tid("news-feed", self.feed_column), expand=3),
-                        ft.Container(self.article_box, expand=2),
-                    ],
+                    [self.feed_box, self.article_box],
                     vertical_alignment=ft.CrossAxisAlignment.START,
                 ),
                 # a shared kiosk reads no server-side paths typed by whoever stands at it
@@ -75,7 +91,9 @@ class NewsView:
                             [
                                 tid("news-import-path", self.import_path),
                                 tid("news-import", self.import_button),
-                            ]
+                            ],
+                            wrap=True,  # a phone: the button under the field
+                            run_spacing=8,
                         ),
                         tid("news-status", self.status),
                     ],
@@ -96,12 +114,26 @@ class NewsView:
             self.feed_column.controls = [
                 ft.Row([ft.ProgressRing(width=20, height=20), muted("Preparing the catalog…")])
             ]
+        self.on_resize(getattr(self.shell.page, "width", None))
         self.shell.page.run_task(self._load_feed)
 
     def reset(self) -> None:
-        self.article_box.visible = False
         self.article.controls = []
         self.status.value = ""
+        self._layout()
+
+    def on_resize(self, width: float | None) -> None:
+        """The shell passes the window's width (on a resize while this view is shown)."""
+        self._side_by_side = not width or width >= SIDE_BY_SIDE
+        self._layout()
+
+    def _layout(self) -> None:
+        """No article open: the feed takes the whole width. An open article: beside the feed
+        on a wide window, in its place (with "Back to the feed") on a narrow one."""
+        open_ = bool(self.article.controls)
+        self.article_box.visible = open_
+        self.feed_box.visible = not open_ or self._side_by_side
+        self.back.visible = open_ and not self._side_by_side
 
     # -- loading
 
@@ -172,6 +204,8 @@ class NewsView:
         self._show_article(article)
         self._show_feed(feed)
         self.shell.page.update()
+        if not self._side_by_side:  # the article took the feed's place: show its top
+            await self.root.scroll_to(offset=0, duration=200)
 
     def _show_article(self, article: Article) -> None:
         lines: list[ft.Control] = [
@@ -184,12 +218,19 @@ class NewsView:
             lines.append(ft.Text(article.url, size=12, color=MUTED, selectable=True))
         lines.append(ft.Text(f"Why this: {article.reason}", size=12, italic=True))
         self.article.controls = lines
-        self.article_box.visible = True
+        self._layout()
+
+    def _on_back(self, e: ft.Event[ft.Control]) -> None:
+        self.shell.state.touch()
+        self.article.controls = []
+        self._layout()
 
     async def _on_catalog(self, e: ft.Event[ft.SegmentedButton]) -> None:
         self.shell.state.touch()
         selected = list(e.control.selected or [DEMO])
         self.catalog = selected[0]
+        self.article.controls = []  # an article of the other catalog: closed
+        self._layout()
         try:
             feed = await asyncio.to_thread(self.news.feed, self.catalog)
         except (NewsError, HistoryError) as exc:

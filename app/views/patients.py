@@ -63,7 +63,9 @@ class PatientsView:
                 label += " (not used by this model)"
             self.fields[name] = ft.Dropdown(
                 label=label,
-                width=200,
+                # wide enough for the longer label on one line: at 200 px it wrapped onto the
+                # field's border (a phone's 280 px still hold it)
+                width=200 if known else 270,
                 value=UNKNOWN,
                 options=[ft.DropdownOption(key=v, text=v) for v in [UNKNOWN, *values]],
             )

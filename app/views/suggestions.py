@@ -1,5 +1,6 @@
-"""One ranked suggestion of the visit screen (`SuggestionRow`: two lines, so that no width
-squeezes a drug name into a column of letters, and its "why") and one DDI warning (`ddi_row`)."""
+"""One ranked suggestion of the visit screen (`SuggestionRow`: the name with its bar, then
+the decision buttons, so that no width squeezes a drug name into a column of letters or the
+bar into a sliver, and its "why") and one DDI warning (`ddi_row`)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ DDI_LOOK = {  # level -> (text colour, background, border, icon)
 
 
 class SuggestionRow:
-    """One ranked drug class in two lines: rank, name, code and score; the probability bar,
-    the decision and its buttons (accept, reject, undo); then the "why" expander."""
+    """One ranked drug class in two parts: rank, name, code, the probability bar under them
+    and the score; the decision and its buttons (accept, reject, undo, why); then the "why"
+    expander."""
 
     def __init__(self, view: RowHost, rank: int, s: Suggestion):
         self.view = view
@@ -63,9 +65,7 @@ class SuggestionRow:
         self.rank = ft.Text("", width=28, color=MUTED)
         self.where = ft.Text("", size=12, color=MUTED)
         self.percent = ft.Text("", size=14, weight=ft.FontWeight.BOLD)
-        self.bar = ft.ProgressBar(
-            bar_height=8, bgcolor=ft.Colors.BLUE_GREY_50, border_radius=4, expand=True
-        )
+        self.bar = ft.ProgressBar(bar_height=8, bgcolor=ft.Colors.BLUE_GREY_50, border_radius=4)
         self.root = tid(
             ident("suggestion", s.code),
             ft.Container(
@@ -74,6 +74,8 @@ class SuggestionRow:
                         ft.Row(
                             [
                                 self.rank,
+                                # the bar under the name, as wide as the name's column at any
+                                # width (beside the buttons a phone squeezed it to a sliver)
                                 ft.Column(
                                     [
                                         tid(
@@ -81,19 +83,22 @@ class SuggestionRow:
                                             ft.Text(s.name, weight=ft.FontWeight.W_500, size=14),
                                         ),
                                         self.where,
+                                        ft.Container(self.bar, padding=ft.Padding.only(top=4)),
                                     ],
                                     spacing=0,
                                     expand=True,
                                 ),
                                 tid(ident("probability", s.code), self.percent),
                             ],
-                            vertical_alignment=ft.CrossAxisAlignment.CENTER,
+                            vertical_alignment=ft.CrossAxisAlignment.START,
                         ),
                         ft.Row(
                             [
                                 ft.Container(width=28),
-                                self.bar,
+                                # the status at its own size, then a spacer: an expanded
+                                # status node kept "Accepted" out of Flutter web's semantics
                                 tid(ident("status", s.code), self.status),
+                                ft.Container(expand=True),
                                 tid(
                                     ident("accept", s.code),
                                     ft.IconButton(

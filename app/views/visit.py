@@ -18,6 +18,7 @@ from app.storage.errors import HistoryError
 from app.views.common import (
     DANGER,
     MUTED,
+    SEARCH_LIMIT,
     OptionList,
     Shell,
     heading,
@@ -32,6 +33,7 @@ from contract.bundle import BundleError
 KIND_NAMES = {"dx": "Diagnoses", "px": "Procedures"}
 WIDE = {"xs": 12, "lg": 5}  # the codes column
 NARROW = {"xs": 12, "lg": 7}  # the suggestions column
+CHIP_LINES = 3  # a chip's label wraps up to here, then is cut (its tooltip has it all)
 
 
 class CodePicker:
@@ -55,6 +57,7 @@ class CodePicker:
                 tid(ident(kind, "chips"), self.chips),
                 tid(ident(kind, "search"), self.field),
                 tid(ident(kind, "options"), self.options.column),
+                self.options.more_box,
             ],
             spacing=6,
         )
@@ -72,11 +75,7 @@ class CodePicker:
         self.chips.controls = [
             tid(
                 ident(self.kind, "chip", code),
-                ft.Chip(
-                    label=ft.Text(f"{code} — {title(code)}", size=13),
-                    on_delete=self._remover(code),
-                    delete_icon_tooltip="Remove",
-                ),
+                chip(f"{code} — {title(code)}", on_delete=self._remover(code), delete="Remove"),
             )
             for code in codes
         ] or [muted("none yet")]
@@ -85,7 +84,7 @@ class CodePicker:
         self.view.state.touch()
         medication = self.view.state.medication
         query = self.field.value or ""
-        self._found = medication.search_codes(query, self.kind)
+        self._found = medication.search_codes(query, self.kind, limit=SEARCH_LIMIT)
         self.options.show(self._found, _no_match(medication, query, self.kind))
 
     async def _on_submit(self, e: ft.Event[ft.TextField]) -> None:
@@ -105,7 +104,7 @@ class CodePicker:
         self.view.page.update()
 
     def _remover(self, code: str):
-        def remove(e: ft.Event[ft.Chip]) -> None:
+        def remove(e: ft.Event[ft.IconButton]) -> None:
             self.view.state.touch()
             visit = self.view.state.medication.visit
             if visit is not None:
@@ -113,6 +112,40 @@ class CodePicker:
             self.show_chips()
 
         return remove
+
+
+def chip(text: str, on_delete, delete: str, leading: ft.Control | None = None) -> ft.Control:
+    """A code or decision as a chip: its text wraps onto up to CHIP_LINES lines (then an
+    ellipsis), the whole text in its tooltip (hover, or a long press on a touch screen), and a
+    delete button (`delete`: its tooltip). Built of a Row, not `ft.Chip`: Flutter's chip
+    measures a label's height at the width before its icons, so a label that wraps lost its
+    last line without an ellipsis."""
+    return ft.Container(
+        ft.Row(
+            [
+                *([leading] if leading else []),
+                ft.Container(
+                    ft.Text(text, size=13, max_lines=CHIP_LINES, overflow=ft.TextOverflow.ELLIPSIS),
+                    expand=True,
+                    expand_loose=True,  # as wide as the text, at most what the row leaves
+                ),
+                ft.IconButton(
+                    ft.Icons.CLOSE,
+                    icon_size=18,
+                    tooltip=delete,
+                    on_click=on_delete,
+                    visual_density=ft.VisualDensity.COMPACT,
+                ),
+            ],
+            tight=True,
+            spacing=4,
+            vertical_alignment=ft.CrossAxisAlignment.CENTER,
+        ),
+        tooltip=text,
+        border=ft.Border.all(1, ft.Colors.OUTLINE_VARIANT),
+        border_radius=8,
+        padding=ft.Padding.only(left=12 if leading is None else 8, right=2, top=3, bottom=3),
+    )
 
 
 def _no_match(medication, query: str, kind: str) -> str | None:
@@ -208,6 +241,7 @@ class VisitView:
                 ft.Text("Add a drug class the model did not suggest", weight=ft.FontWeight.BOLD),
                 tid("drug-search", self.drug_field),
                 tid("drug-options", self.drug_options.column),
+                self.drug_options.more_box,
                 ft.Text("Decisions", weight=ft.FontWeight.BOLD),
                 tid("visit-decisions", self.decisions),
                 tid("visit-note", self.note),
@@ -366,18 +400,18 @@ class VisitView:
         self.decisions.controls = [
             tid(
                 ident("decision", code),
-                ft.Chip(
-                    label=ft.Text(f"{DECISION_LOOK[d][0]}: {code} {name(code)}", size=13),
-                    leading=ft.Icon(DECISION_LOOK[d][2], color=DECISION_LOOK[d][1], size=18),
+                chip(
+                    f"{DECISION_LOOK[d][0]}: {code} {name(code)}",
                     on_delete=self._undoer(code),
-                    delete_icon_tooltip="Remove" if d == "added" else "Undo",
+                    delete="Remove" if d == "added" else "Undo",
+                    leading=ft.Icon(DECISION_LOOK[d][2], color=DECISION_LOOK[d][1], size=18),
                 ),
             )
             for code, d in visit.decisions.items()
         ]
 
     def _undoer(self, code: str):
-        def undo(e: ft.Event[ft.Chip]) -> None:
+        def undo(e: ft.Event[ft.IconButton]) -> None:
             self.decide("undo", code)
 
         return undo
@@ -407,7 +441,8 @@ class VisitView:
         self.state.touch()
         medication = self.state.medication
         query = self.drug_field.value or ""
-        self.drug_options.show(medication.search_drugs(query), _no_match(medication, query, "drug"))
+        found = medication.search_drugs(query, limit=SEARCH_LIMIT)
+        self.drug_options.show(found, _no_match(medication, query, "drug"))
 
     def _pick_drug(self, option: CodeOption) -> None:
         self.drug_field.value = ""
