@@ -15,13 +15,15 @@ def default_bundle() -> Path:
     return assets_dir() / "bundles" / "medication-demo"
 
 
-def _codes(text: str | None) -> list[str]:
+def _codes(text: str | list[str] | None) -> list[str]:
+    if isinstance(text, list):  # a repeated option
+        text = ",".join(text)
     if text and ";" in text:
         raise ValueError(f"{text!r}: separate codes with commas, not semicolons")
     return [c.strip() for c in (text or "").split(",") if c.strip()]
 
 
-def _profile(text: str | None, known: list[str]) -> list[tuple[str, str]]:
+def _profile(text: str | list[str] | None, known: list[str]) -> list[tuple[str, str]]:
     """`gender=F,age_band=70-79` as pairs; ValueError for an item without `field=value` or a
     field the bundle's profile does not have."""
     fields = sorted({t.split("=", 1)[0] for t in known if "=" in t})

@@ -224,10 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recommend", help="score one visit with a bundle (app extra only)")
     rc.add_argument("--bundle", help="bundle folder (default: the shipped medication demo)")
-    rc.add_argument("--dx", required=True, help="diagnosis codes, comma-separated: icd9cm:4019,...")
-    rc.add_argument("--px", help="procedure codes, comma-separated (icd9pcs:3893,...)")
+    # repeatable: a second --dx adds to the first instead of silently replacing it
+    rc.add_argument(
+        "--dx",
+        required=True,
+        action="append",
+        help="diagnosis codes, comma-separated (icd9cm:4019,...); may be repeated",
+    )
+    rc.add_argument(
+        "--px", action="append", help="procedure codes, comma-separated (icd9pcs:3893,...)"
+    )
     rc.add_argument("--history", help="JSON file: earlier visits, oldest first")
-    rc.add_argument("--profile", help="profile fields, e.g. gender=F,age_band=70-79")
+    rc.add_argument(
+        "--profile", action="append", help="profile fields, e.g. gender=F,age_band=70-79"
+    )
     rc.add_argument(
         "--top",
         type=int,

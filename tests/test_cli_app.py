@@ -98,6 +98,13 @@ def test_a_code_read_through_its_category_is_not_refused():
     assert "read only through their ICD category" in recommend("--dx", "icd9cm:4011").stdout
 
 
+def test_repeated_code_options_add_up():
+    once = json.loads(recommend("--dx", "icd9cm:4280,icd9cm:42731", "--json").stdout)
+    twice = json.loads(recommend("--dx", "icd9cm:4280", "--dx", "icd9cm:42731", "--json").stdout)
+    assert twice["diagnoses"] == ["icd9cm:4280", "icd9cm:42731"]
+    assert twice["drugs"] == once["drugs"]
+
+
 def test_system_prefixes_in_any_case_and_semicolons_explained():
     lower = json.loads(recommend("--dx", "icd9cm:4019", "--json").stdout)
     upper = json.loads(recommend("--dx", "ICD9CM:4019", "--json").stdout)
