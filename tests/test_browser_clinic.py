@@ -43,7 +43,7 @@ from bench.harness.browser import (
     wait_text,
 )
 from bench.harness.bundles import sound_bundle
-from bench.harness.errors import SetupError
+from bench.harness.errors import SetupError, TypingError
 from bench.harness.server import AppServer
 
 pytestmark = pytest.mark.browser
@@ -330,7 +330,20 @@ def test_code_search_finds_everyday_words_and_drug_substances(browser, server):
         screenshot(page, "clinic-code-search-covid.png")
         click(page, "dx-option-icd10cm:U071")  # a code the model never saw is a valid entry
         wait_for(page, "dx-chip-icd10cm:U071")
-        type_into(page, "drug-search", "furosemide")
+        # it is the visit's only code: the model reads nothing of it, and says so
+        wait_text(page, "visit-status", "No suggestions")
+        settle(page)
+        try:
+            type_into(page, "drug-search", "furosemide")
+        except TypingError:
+            # Flutter web (semantics on) can drop this field's focus when the option list first
+            # appears under it, so the keys after the first are lost: about one keyboard try in
+            # two in a replay, on the views before 2026-12-07's layout changes as after, and
+            # all three tries in about one run of this file in five. The test is about what
+            # the search finds, so the whole word goes in at once then
+            field = page.locator(f"{sel('drug-search')} input").first
+            field.click()
+            field.fill("furosemide")
         settle(page)
         wait_text(page, "drug-option-C03C", "furosemide")
 
