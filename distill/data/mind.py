@@ -54,7 +54,7 @@ from pathlib import Path
 
 from distill.data.mind_report import MindReport, unknown_candidates_hint
 from distill.data.records import Impression
-from distill.data.tables import DataError
+from distill.data.tables import DataError, open_bytes
 
 UNLABELED = -1
 NEWS_FIELDS = (5, 8)  # fewest and most fields a news.tsv row may have
@@ -120,7 +120,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     bad byte is reported on its own line."""
     n = 0
     try:
-        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+        with open_bytes(path) as f:
             for n, raw in enumerate(f, 1):
                 try:
                     text = raw.decode("utf-8")

@@ -43,9 +43,14 @@ def find_table(folder: Path, name: str) -> Path:
     return hits[0]
 
 
+def open_bytes(path: Path):
+    """`path` opened for reading bytes, gunzipped when its name ends in ".gz" (any case)."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def read_header(path: Path) -> list[str]:
     try:
-        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+        with open_bytes(path) as f:
             # decode the first line only: a bad byte further down is read_table's to report
             line = f.readline().decode("utf-8-sig")  # a BOM is not part of the name
     except UnicodeDecodeError as e:
@@ -123,7 +128,7 @@ def _locate_damage(path: Path) -> str | None:
     file reads cleanly this time."""
     n = 0  # complete lines read so far
     try:
-        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+        with open_bytes(path) as f:
             for raw in f:
                 try:
                     raw.decode("utf-8")
